@@ -41,6 +41,8 @@ class SpecError(Exception):
     expected: str | None = None
     found: str | None = None
     hint: str | None = None
+    key: str | None = None
+    """The spec key (attribute or argument name) the mistake is about, so callers can locate its value."""
 
     def __post_init__(self) -> None:
         super().__init__(self.message)

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from nasforge.errors import ShapeError, SpecError, did_you_mean
-from nasforge.types import Dim, TensorType
+from nasforge.types import FLOAT_DTYPES, Dim, TensorType
 
 REQUIRED = object()
 """Sentinel default: the attribute must be given."""
@@ -198,11 +198,13 @@ class OpDef:
                     expected="one of " + (", ".join(schema) or "(no attributes)"),
                     found=repr(key),
                     hint=did_you_mean(key, list(schema)),
+                    key=key,
                 )
             try:
                 out[key] = check_attr_value(schema[key], value)
             except SpecError as err:
                 err.message = f"op {self.name!r}: {err.message}"
+                err.key = key
                 raise
         for attr in self.attrs:
             if attr.name not in out:
@@ -298,6 +300,13 @@ def normalize_axis(ctx: OpContext, axis: int, rank: int) -> int:
     return axis % rank
 
 
+def require_float(ctx: OpContext, t: TensorType, what: str = "input") -> None:
+    """Fail unless ``t`` has a floating dtype (normalizations, activations, transcendental math)."""
+    if t.dtype not in FLOAT_DTYPES:
+        raise ctx.fail(f"{what} must be a floating-point tensor", expected="one of " + ", ".join(FLOAT_DTYPES),
+                       found=str(t))
+
+
 def expand_tuple(value: int | Sequence[int], n: int, name: str) -> tuple[int, ...]:
     """``3 -> (3, 3)`` for an n-d op; a list must have exactly n entries."""
     if isinstance(value, int):
@@ -339,7 +348,7 @@ def require_positive(attrs: Mapping[str, Any], *names: str) -> None:
         values = value if isinstance(value, (list, tuple)) else [value]
         if any(v is not None and not isinstance(v, str) and v <= 0 for v in values):
             raise SpecError(f"attribute {name!r} must be positive", expected="integers >= 1",
-                            found=repr(value))
+                            found=repr(value), key=name)
 
 
 def prod(values: Sequence[int]) -> int:
@@ -348,5 +357,6 @@ def prod(values: Sequence[int]) -> int:
 
 __all__ = [
     "Attr", "Call", "Example", "OpContext", "OpDef", "REQUIRED", "register", "get_op", "all_ops",
-    "normalize_axis", "expand_tuple", "require_positive", "broadcast_shapes", "prod", "numel", "torch", "nn",
+    "normalize_axis", "require_float", "expand_tuple", "require_positive", "broadcast_shapes", "prod", "numel",
+    "torch", "nn",
 ]
