@@ -41,7 +41,7 @@ class Activation(OpDef):
     )
 
     def infer(self, ctx: OpContext) -> list[TensorType]:
-        require_float(ctx, ctx.x)
+        require_float(ctx, ctx.x, f"{self.name} input")
         return [ctx.x]
 
     def element_cost(self, ctx: OpContext) -> int:
@@ -207,9 +207,13 @@ class AxisActivation(Activation):
         Example({"axis": 1}, [(2, 6, 4)]),
     )
 
+    def checked_axis(self, ctx: OpContext) -> int:
+        """Check the input and return ``axis`` as a non-negative index."""
+        super().infer(ctx)
+        return normalize_axis(ctx, ctx["axis"], ctx.x.rank)
+
     def infer(self, ctx: OpContext) -> list[TensorType]:
-        require_float(ctx, ctx.x)
-        normalize_axis(ctx, ctx["axis"], ctx.x.rank)
+        self.checked_axis(ctx)
         return [ctx.x]
 
 
@@ -236,9 +240,7 @@ class GatedActivation(AxisActivation):
     so the output has half the input's size on ``axis`` (which must be static and even)."""
 
     def infer(self, ctx: OpContext) -> list[TensorType]:
-        x = ctx.x
-        require_float(ctx, x)
-        axis = normalize_axis(ctx, ctx["axis"], x.rank)
+        x, axis = ctx.x, self.checked_axis(ctx)
         size = x.shape[axis]
         if not isinstance(size, int) or size % 2:
             raise ctx.fail(f"{self.name} splits axis {ctx['axis']} into two halves, so it must be even",

@@ -123,7 +123,7 @@ class UnaryOp(OpDef):
 
     def infer(self, ctx: OpContext) -> list[TensorType]:
         if self.float_only:
-            require_float(ctx, ctx.x)
+            require_float(ctx, ctx.x, f"{self.name} input")
         elif ctx.x.dtype == "bool":
             raise ctx.fail(f"{self.name} does not take bool tensors", expected="a numeric tensor",
                            found=str(ctx.x))

@@ -103,7 +103,7 @@ class NormOp(OpDef):
     def channels(self, ctx: OpContext, axis: int, min_rank: int, layout: str) -> int:
         """Check the input (floating, rank >= ``min_rank``) and return its static size on ``axis``."""
         x = ctx.x
-        require_float(ctx, x)
+        require_float(ctx, x, f"{self.name} input")
         if x.rank < min_rank:
             raise ctx.fail(f"{self.name} needs a rank-{min_rank}+ input", expected=layout, found=str(x))
         size = x.shape[axis]

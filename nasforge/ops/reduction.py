@@ -77,7 +77,7 @@ class Mean(Reduction):
     fn = staticmethod(torch.mean)
 
     def out_dtype(self, ctx: OpContext) -> str:
-        require_float(ctx, ctx.x)
+        require_float(ctx, ctx.x, f"{self.name} input")
         return ctx.x.dtype
 
     def flops(self, ctx: OpContext) -> int:

@@ -75,8 +75,8 @@ class Interpolate(OpDef):
     def infer(self, ctx: OpContext) -> list[TensorType]:
         ranks = MODE_RANKS[ctx["mode"]]
         if ctx.x.rank not in ranks:
-            raise ctx.fail(f"interpolate mode {ctx['mode']!r} needs a rank-{' or '.join(map(str, ranks))} input",
-                           expected="[N, C, *spatial] with " + " or ".join(str(r - 2) for r in ranks)
+            raise ctx.fail(f"interpolate mode {ctx['mode']!r} needs a rank-{'/'.join(map(str, ranks))} input",
+                           expected="[N, C, *spatial] with " + "/".join(str(r - 2) for r in ranks)
                            + " spatial axes", found=str(ctx.x))
         check_float(ctx, self.name)
         if ctx["size"] is not None:

@@ -1,0 +1,283 @@
+"""The ``nasforge`` command.
+
+Exit codes mean something: 0 success, 1 a mistake in a spec or its overrides (a located message, never a
+traceback), 2 a command-line usage error, 3 an internal error in nasforge (a bug: please report it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from nasforge.errors import Location, SpecError
+
+EXIT_OK, EXIT_SPEC_ERROR, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
+
+EPILOG = """\
+examples:
+  nasforge check specs/models/resnet18.yaml
+  nasforge check specs/models/resnet18.yaml --set num_classes=10 --set depths=[2,2,2,2]
+  nasforge show  specs/models/vit_tiny.yaml --depth 2
+  nasforge show  specs/models/resnet18.yaml --json > resnet18.json
+  nasforge graph specs/models/lenet5.yaml -o lenet5.svg
+  nasforge ops conv2d
+
+exit codes: 0 ok, 1 spec error (file:line:col: node.path: message), 2 usage error, 3 internal error
+"""
+
+
+def human(n: float, unit: str = "") -> str:
+    """1_234_567 -> '1.23M' (for tables; --json gives exact integers)."""
+    for div, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "K")):
+        if abs(n) >= div:
+            return f"{n / div:.2f}{suffix}{unit}"
+    return f"{int(n)}{unit}"
+
+
+def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
+    """``--set name=value`` pairs; values are YAML (``[2,2,6,2]``, ``0.1``, ``true``), parsed safely."""
+    from nasforge.dsl.yaml_loader import load_yaml_text
+    from nasforge.dsl.serialize import plain
+
+    out: dict[str, Any] = {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        if not sep or not name.strip():
+            raise SpecError("an override must look like name=value", location=Location("--set"),
+                            expected="--set name=value, e.g. --set depths=[2,2,6,2]", found=repr(item))
+        out[name.strip()] = plain(load_yaml_text(text, f"--set {name.strip()}"))
+    return out
+
+
+def _load(args: argparse.Namespace):
+    import nasforge
+
+    return nasforge.load(args.spec, **parse_overrides(args.set or []))
+
+
+def _bindings(args: argparse.Namespace) -> dict[str, int]:
+    return {"B": args.batch}
+
+
+def _console():
+    from rich.console import Console
+
+    # Piped output (CI logs, files) gets a wide fixed width instead of rich's 80-column default.
+    return Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    spec = _load(args)
+    report = spec.check(_bindings(args))
+    graph, t = report.graph, report.totals
+    if args.strict and report.warnings:
+        raise SpecError(report.warnings[0].split(": ", 1)[-1], location=Location(args.spec),
+                        expected="no unused nodes or inputs (--strict)", found=f"{len(report.warnings)} warning(s)")
+    if args.json:
+        print(json.dumps({
+            "ok": True, "name": graph.name, "totals": t.as_dict(), "warnings": report.warnings,
+            "inputs": {k: str(v) for k, v in graph.inputs.items()},
+            "outputs": {k: str(graph.type_of(v)) for k, v in graph.outputs.items()},
+            "choices": len(graph.choices), "paper": graph.meta.get("paper"),
+        }, indent=2, default=str))
+        return EXIT_OK
+    con = _console()
+    outs = ", ".join(f"{k} {graph.type_of(v)}" for k, v in graph.outputs.items())
+    con.print(f"[green]ok[/green] {graph.name}: {len(graph.nodes)} nodes, {t.params:,} params, "
+              f"{human(t.macs)} MACs ({human(t.flops)} FLOPs) per sample; outputs {outs}")
+    if graph.choices:
+        con.print(f"   a search space: {len(graph.choices)} choice point(s), checked at their defaults")
+    for w in report.warnings:
+        con.print(f"[yellow]warning[/yellow] {w}")
+    return EXIT_OK
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    spec = _load(args)
+    summary = spec.summary(depth=args.depth, bindings=_bindings(args))
+    if args.json:
+        print(json.dumps(summary.as_dict(), indent=2, default=str))
+        return EXIT_OK
+    from rich.table import Table
+
+    t = summary.totals
+    graph = summary.graph
+    table = Table(title=f"{graph.name}  (batch {args.batch})", title_justify="left")
+    for col, justify in (("node", "left"), ("op", "left"), ("output", "left"), ("params", "right"),
+                         ("MACs", "right")):
+        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+    for row in summary.rows:
+        table.add_row(row.path, row.op, row.output, f"{row.params:,}", human(row.macs))
+    table.add_section()
+    table.add_row("total", "", "", f"{t.params:,}", human(t.macs))
+    con = _console()
+    con.print(table)
+    con.print(f"FLOPs {human(t.flops)} (2 x MACs + element-wise); activations {human(t.activation_bytes, 'B')} "
+              f"(all outputs), peak {human(t.peak_bytes, 'B')} (inference, live tensors)")
+    paper = graph.meta.get("paper") or {}
+    if paper:
+        quoted = ", ".join(f"{k} {v}" for k, v in paper.items() if k not in ("title", "url", "notes"))
+        con.print(f"paper: {paper.get('title', '?')}" + (f" ({quoted})" if quoted else ""))
+    return EXIT_OK
+
+
+def cmd_graph(args: argparse.Namespace) -> int:
+    from nasforge.compiler.render import to_dot
+
+    spec = _load(args)
+    dot = to_dot(spec.graph, depth=args.depth)
+    out = Path(args.output) if args.output else None
+    if out is None or out.suffix == ".dot":
+        if out is None:
+            print(dot)
+        else:
+            out.write_text(dot)
+        return EXIT_OK
+    fmt = out.suffix.lstrip(".")
+    if fmt not in ("svg", "png", "pdf"):
+        raise SpecError("unsupported picture format", location=Location(str(out)),
+                        expected=".svg, .png, .pdf or .dot", found=out.suffix or "(none)")
+    if shutil.which("dot") is None:
+        fallback = out.with_suffix(".dot")
+        fallback.write_text(dot)
+        print(f"graphviz 'dot' is not installed; wrote DOT to {fallback} "
+              f"(apt-get install graphviz to render {fmt})", file=sys.stderr)
+        return EXIT_OK
+    result = subprocess.run(["dot", f"-T{fmt}", "-o", str(out)], input=dot, text=True, capture_output=True)
+    if result.returncode:
+        print(f"nasforge: graphviz failed: {result.stderr.strip()}", file=sys.stderr)
+        return EXIT_INTERNAL
+    print(f"wrote {out}")
+    return EXIT_OK
+
+
+def cmd_ops(args: argparse.Namespace) -> int:
+    from nasforge.ops.registry import all_ops, get_op
+
+    ops = {args.name: get_op(args.name)} if args.name else all_ops()
+    if args.category:
+        ops = {k: v for k, v in ops.items() if v.category == args.category}
+    if args.json:
+        print(json.dumps({name: {
+            "category": op.category, "doc": (op.__doc__ or "").strip(), "arity": list(op.arity),
+            "train_only": op.train_only,
+            "attrs": [{"name": a.name, "type": a.type, "required": a.required,
+                       "default": None if a.required else a.default, "choices": a.choices, "doc": a.doc}
+                      for a in op.attrs]} for name, op in ops.items()}, indent=2, default=str))
+        return EXIT_OK
+    con = _console()
+    if args.name:
+        op = ops[args.name]
+        con.print(f"[bold]{op.name}[/bold]  ({op.category}; inputs {op.arity[0]}"
+                  f"{'+' if op.arity[1] is None else '' if op.arity[0] == op.arity[1] else '-' + str(op.arity[1])})")
+        con.print((op.__doc__ or "").strip())
+        for a in op.attrs:
+            con.print(f"  {a.describe():<48} {a.doc}")
+        return EXIT_OK
+    from rich.table import Table
+
+    table = Table(title=f"{len(ops)} ops", title_justify="left")
+    table.add_column("op")
+    table.add_column("category")
+    table.add_column("attributes")
+    for name, op in ops.items():
+        table.add_row(name, op.category, ", ".join(a.name for a in op.attrs))
+    con.print(table)
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nasforge",
+        description="A declarative architecture compiler and NAS engine: write a network as a YAML graph of "
+                    "primitive ops; nasforge checks shapes, counts params and FLOPs, and builds it.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from nasforge import __version__
+
+    parser.add_argument("--version", action="version", version=f"nasforge {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def spec_command(name: str, help_text: str, description: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=description,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        p.add_argument("spec", help="path to a spec YAML file")
+        p.add_argument("--set", action="append", metavar="NAME=VALUE",
+                       help="override a declared parameter (YAML value), e.g. --set depths=[2,2,6,2]; repeatable")
+        p.add_argument("--batch", type=int, default=1, metavar="N",
+                       help="value of the batch symbol B for counts (default 1: per-sample numbers)")
+        return p
+
+    p = spec_command("check", "validate a spec: shapes, params, MACs",
+                     "Expand the spec, infer every tensor's shape and count parameters and MACs.\n"
+                     "Prints one line on success; a located error (file:line:col: node.path) and exit 1 "
+                     "otherwise.")
+    p.add_argument("--json", action="store_true", help="machine-readable result")
+    p.add_argument("--strict", action="store_true", help="treat warnings (unused nodes/inputs) as errors")
+    p.set_defaults(func=cmd_check)
+
+    p = spec_command("show", "print the layer table (node path, op, output shape, params, MACs)",
+                     "Print every node with its output shape, parameters and MACs, then totals.\n"
+                     "--depth N folds nodes into their first N path components (stages.2.block -> stages).")
+    p.add_argument("--depth", type=int, metavar="N", help="fold nodes into blocks of path depth N")
+    p.add_argument("--json", action="store_true", help="machine-readable table")
+    p.set_defaults(func=cmd_show)
+
+    p = spec_command("graph", "draw the graph (SVG/PNG/PDF with graphviz, DOT otherwise)",
+                     "Write a picture of the graph. Without graphviz's 'dot' program, writes DOT text.")
+    p.add_argument("-o", "--output", metavar="FILE", help="output file (.svg, .png, .pdf, .dot); stdout if absent")
+    p.add_argument("--depth", type=int, metavar="N", help="draw blocks folded at path depth N")
+    p.set_defaults(func=cmd_graph)
+
+    p = sub.add_parser("ops", help="list the op vocabulary, or describe one op",
+                       description="List every registered op with its attributes, or show one op's documentation.")
+    p.add_argument("name", nargs="?", help="an op name, e.g. conv2d")
+    p.add_argument("--category", help="only ops of this category (conv, norm, activation, ...)")
+    p.add_argument("--json", action="store_true", help="machine-readable vocabulary")
+    p.set_defaults(func=cmd_ops)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return EXIT_USAGE
+    if getattr(args, "batch", 1) < 1:
+        parser.error("--batch must be >= 1")
+    if getattr(args, "depth", None) is not None and args.depth < 1:
+        parser.error("--depth must be >= 1")
+    try:
+        return args.func(args)
+    except SpecError as err:
+        if getattr(args, "json", False):
+            print(json.dumps({"ok": False, "error": error_dict(err)}, indent=2))
+        print(f"nasforge: error: {err.format()}", file=sys.stderr)
+        return EXIT_SPEC_ERROR
+    except KeyboardInterrupt:
+        print("nasforge: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return EXIT_OK
+    except Exception as exc:  # a bug in nasforge, not a user mistake: say so plainly
+        import traceback
+
+        traceback.print_exc()
+        print(f"nasforge: internal error ({type(exc).__name__}: {exc}); this is a bug in nasforge, please report "
+              "it with the spec that triggered it", file=sys.stderr)
+        return EXIT_INTERNAL
+
+
+def error_dict(err: SpecError) -> dict[str, Any]:
+    return {"message": err.message, "file": err.location.file, "line": err.location.line,
+            "column": err.location.column, "node": err.node_path, "expected": err.expected,
+            "found": err.found, "hint": err.hint}
+
+
+if __name__ == "__main__":
+    sys.exit(main())
