@@ -21,8 +21,8 @@ import torch.nn.functional as F
 
 from nasforge.errors import SpecError
 from nasforge.ops.registry import (Attr, Example, OpContext, OpDef, expand_tuple, nn, prod, register,
-                                   require_positive)
-from nasforge.types import FLOAT_DTYPES, Dim, Sym, TensorType
+                                   require_float, require_positive)
+from nasforge.types import Dim, Sym, TensorType
 
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 _AXIS_NAMES = {1: "[N, C, L]", 2: "[N, C, H, W]", 3: "[N, C, D, H, W]"}
@@ -39,13 +39,6 @@ def check_rank(ctx: OpContext, op: str, nd: int) -> None:
     """Fail unless the input is a batched channels-first ``nd``-d tensor."""
     if ctx.x.rank != nd + 2:
         raise ctx.fail(f"{op} needs a rank-{nd + 2} input", expected=spatial_layout(nd), found=str(ctx.x))
-
-
-def check_float(ctx: OpContext, op: str) -> None:
-    """Fail unless the input has a floating dtype (torch rejects integer inputs for these kernels)."""
-    if ctx.x.dtype not in FLOAT_DTYPES:
-        raise ctx.fail(f"{op} needs a floating-point input", expected="one of " + ", ".join(FLOAT_DTYPES),
-                       found=str(ctx.x))
 
 
 def static_channels(ctx: OpContext, op: str) -> int:
@@ -105,7 +98,7 @@ def check_nonnegative(attrs: dict[str, Any], *names: str) -> None:
         value = attrs[name]
         if any(v < 0 for v in (value if isinstance(value, list) else [value])):
             raise SpecError(f"attribute {name!r} must not be negative", expected="integers >= 0",
-                            found=repr(value))
+                            found=repr(value), key=name)
 
 
 # -- modules ------------------------------------------------------------------------------------
@@ -172,12 +165,13 @@ class _ConvBase(OpDef):
             self.axis_values(attrs, name)
         if attrs["out"] % attrs["groups"]:
             raise SpecError(f"{self.name}: output channels must be divisible by groups",
-                            expected=f"out a multiple of groups={attrs['groups']}", found=f"out={attrs['out']}")
+                            expected=f"out a multiple of groups={attrs['groups']}", found=f"out={attrs['out']}",
+                            key="groups")
 
     def in_channels(self, ctx: OpContext) -> int:
         """Validated input channels (rank, dtype, static and divisible by groups)."""
         check_rank(ctx, self.name, self.nd)
-        check_float(ctx, self.name)
+        require_float(ctx, ctx.x, f"{self.name} input")
         channels = static_channels(ctx, self.name)
         if channels % ctx["groups"]:
             raise ctx.fail(f"{self.name}: input channels must be divisible by groups",
@@ -217,7 +211,8 @@ class ConvNd(_ConvBase):
         if isinstance(padding, str):
             if padding not in ("same", "valid"):
                 raise SpecError(f"{self.name}: unsupported padding {padding!r}",
-                                expected="an int, a list of ints, 'same' or 'valid'", found=repr(padding))
+                                expected="an int, a list of ints, 'same' or 'valid'", found=repr(padding),
+                                key="padding")
         else:
             self.axis_values(attrs, "padding")
             check_nonnegative(attrs, "padding")
@@ -353,14 +348,14 @@ class ConvTransposeNd(_ConvBase):
             if op >= max(s, d):
                 raise SpecError(f"{self.name}: output_padding must be smaller than stride or dilation",
                                 expected=f"output_padding < max(stride, dilation) = {max(s, d)}",
-                                found=f"output_padding={attrs['output_padding']!r}")
+                                found=f"output_padding={attrs['output_padding']!r}", key="output_padding")
 
     def infer(self, ctx: OpContext) -> list[TensorType]:
         self.in_channels(ctx)
         out_spatial: list[Dim] = []
-        for axis, size, k, s, p, op, d in zip(
-                range(2, self.nd + 2), ctx.x.shape[2:],
-                *(self.axis_values(ctx, n) for n in ("kernel", "stride", "padding", "output_padding", "dilation"))):
+        names = ("kernel", "stride", "padding", "output_padding", "dilation")
+        for axis, size, k, s, p, op, d in zip(range(2, self.nd + 2), ctx.x.shape[2:],
+                                              *(self.axis_values(ctx, n) for n in names)):
             growth = d * (k - 1) + op + 1 - 2 * p
             if isinstance(size, Sym):
                 if s == 1 and growth == 1:

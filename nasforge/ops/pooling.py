@@ -15,9 +15,9 @@ import torch
 import torch.nn.functional as F
 
 from nasforge.errors import SpecError
-from nasforge.ops.conv import check_float, check_nonnegative, check_rank, spatial_layout, window_out_size
+from nasforge.ops.conv import check_nonnegative, check_rank, spatial_layout, window_out_size
 from nasforge.ops.registry import (Attr, Call, Example, OpContext, OpDef, expand_tuple, prod, register,
-                                   require_positive)
+                                   require_float, require_positive)
 from nasforge.types import Dim, TensorType
 
 
@@ -29,7 +29,7 @@ class _SpatialPool(OpDef):
 
     def check_input(self, ctx: OpContext) -> None:
         check_rank(ctx, self.name, self.nd)
-        check_float(ctx, self.name)
+        require_float(ctx, ctx.x, f"{self.name} input")
 
 
 # -- window pools ---------------------------------------------------------------------------------
@@ -64,7 +64,7 @@ class WindowPool(_SpatialPool):
         if any(p > k // 2 for p, k in zip(self.axis_values(attrs, "padding"), kernel)):
             raise SpecError(f"{self.name}: padding must be at most half the kernel size",
                             expected=f"padding <= kernel // 2 for kernel {attrs['kernel']!r}",
-                            found=f"padding={attrs['padding']!r}")
+                            found=f"padding={attrs['padding']!r}", key="padding")
 
     def infer(self, ctx: OpContext) -> list[TensorType]:
         self.check_input(ctx)
@@ -173,7 +173,7 @@ class AdaptivePool(_SpatialPool):
         entries = size if isinstance(size, list) else [size]
         if size is None or not all(v is None or (isinstance(v, int) and not isinstance(v, bool)) for v in entries):
             raise SpecError(f"{self.name}: attribute 'size' has the wrong type",
-                            expected="an int or a list of ints / nulls", found=repr(size))
+                            expected="an int or a list of ints / nulls", found=repr(size), key="size")
         require_positive(attrs, "size")
         expand_tuple(size, self.nd, "size")
 
@@ -266,7 +266,7 @@ class GlobalPool(OpDef):
         if ctx.x.rank < 3:
             raise ctx.fail(f"{self.name} needs at least one spatial axis", expected=spatial_layout(2),
                            found=str(ctx.x))
-        check_float(ctx, self.name)
+        require_float(ctx, ctx.x, f"{self.name} input")
         spatial = (1,) * (ctx.x.rank - 2) if ctx["keepdim"] else ()
         return [ctx.x.with_shape(ctx.x.shape[:2] + spatial)]
 

@@ -313,7 +313,7 @@ def expand_tuple(value: int | Sequence[int], n: int, name: str) -> tuple[int, ..
         return (value,) * n
     if len(value) != n:
         raise SpecError(f"attribute {name!r} needs {n} values", expected=f"an int or a list of {n} ints",
-                        found=repr(list(value)))
+                        found=repr(list(value)), key=name)
     return tuple(value)
 
 

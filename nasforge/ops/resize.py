@@ -13,8 +13,7 @@ from typing import Any
 import torch.nn.functional as F
 
 from nasforge.errors import SpecError
-from nasforge.ops.conv import check_float
-from nasforge.ops.registry import Attr, Call, Example, OpContext, OpDef, register, require_positive
+from nasforge.ops.registry import Attr, Call, Example, OpContext, OpDef, register, require_float, require_positive
 from nasforge.types import Dim, Sym, TensorType, dim_div
 
 MODE_RANKS = {"nearest": (3, 4, 5), "linear": (3,), "bilinear": (4,), "bicubic": (4,), "trilinear": (5,)}
@@ -52,15 +51,17 @@ class Interpolate(OpDef):
         if (attrs["size"] is None) == (attrs["scale"] is None):
             raise SpecError("interpolate needs exactly one of 'size' and 'scale'",
                             expected="size: [H, W] or scale: 2.0",
-                            found=f"size={attrs['size']!r}, scale={attrs['scale']!r}")
+                            found=f"size={attrs['size']!r}, scale={attrs['scale']!r}",
+                            key=None if attrs["size"] is None else "scale")
         require_positive(attrs, "size")
         scale = attrs["scale"]
         if scale is not None and any(v <= 0 for v in (scale if isinstance(scale, list) else [scale])):
-            raise SpecError("attribute 'scale' must be positive", expected="numbers > 0", found=repr(scale))
+            raise SpecError("attribute 'scale' must be positive", expected="numbers > 0", found=repr(scale),
+                            key="scale")
         if attrs["mode"] == "nearest" and attrs["align_corners"] is not None:
             raise SpecError("align_corners only applies to interpolating modes",
                             expected="mode linear, bilinear, bicubic or trilinear (or no align_corners)",
-                            found="mode 'nearest' with align_corners")
+                            found="mode 'nearest' with align_corners", key="align_corners")
 
     def per_axis(self, ctx: OpContext, name: str) -> list[Any]:
         """``size`` or ``scale`` as one value per spatial axis."""
@@ -78,7 +79,7 @@ class Interpolate(OpDef):
             raise ctx.fail(f"interpolate mode {ctx['mode']!r} needs a rank-{'/'.join(map(str, ranks))} input",
                            expected="[N, C, *spatial] with " + "/".join(str(r - 2) for r in ranks)
                            + " spatial axes", found=str(ctx.x))
-        check_float(ctx, self.name)
+        require_float(ctx, ctx.x, "interpolate input")
         if ctx["size"] is not None:
             out: list[Dim] = self.per_axis(ctx, "size")
         else:

@@ -72,7 +72,8 @@ def test_macs_match_formula_for_depthwise_and_band_kernels():
     ("conv2d", {"out": 4, "kernel": 3}, (3, 8, 8), "needs a rank-4 input"),
     ("conv1d", {"out": 4, "kernel": 3}, (1, Sym.of("C"), 8), "needs a static channel axis"),
     ("conv2d", {"out": 4, "kernel": 5}, (1, 3, 4, 8), "output would be empty on spatial axis 2"),
-    ("conv2d", {"out": 4, "kernel": 3, "dilation": [1, 4]}, (1, 3, 8, 8), "output would be empty on spatial axis 3"),
+    ("conv2d", {"out": 4, "kernel": 3, "dilation": [1, 4]}, (1, 3, 8, 8),
+     "output would be empty on spatial axis 3"),
     ("conv1d", {"out": 4, "kernel": 5, "padding": 3, "padding_mode": "reflect"}, (1, 3, 3),
      "reflect padding 3 is too large"),
     ("conv1d", {"out": 4, "kernel": 3, "stride": 2, "padding": "same"}, (1, 3, Sym.of("T")),
@@ -87,7 +88,7 @@ def test_bad_inputs_raise_shape_errors(name, attrs, shape, message):
 
 
 def test_integer_input_is_rejected():
-    with pytest.raises(ShapeError, match="needs a floating-point input"):
+    with pytest.raises(ShapeError, match="input must be a floating-point tensor"):
         context("conv1d", {"out": 2, "kernel": 1}, (1, 3, 4), dtype="int64")
 
 
@@ -115,3 +116,15 @@ def test_transposed_output_size_matches_torch(size, kernel, stride, padding, out
     ctx = context("conv_transpose1d", attrs, (1, 2, size))
     got = get_op("conv_transpose1d").lower(ctx)(torch.randn(1, 2, size))
     assert tuple(got.shape) == ctx.outputs[0].shape
+
+
+@pytest.mark.parametrize("attrs,key", [
+    ({"out": 6, "kernel": 3, "padding": "full"}, "padding"),
+    ({"out": 6, "kernel": [3, 3, 3]}, "kernel"),
+    ({"out": 6, "kernel": 3, "groups": 4}, "groups"),
+    ({"out": 6, "kernel": 3, "stride": [1, -1]}, "stride"),
+])
+def test_attribute_errors_name_their_key(attrs, key):
+    with pytest.raises(SpecError) as info:
+        get_op("conv2d").validate_attrs(attrs)
+    assert info.value.key == key
