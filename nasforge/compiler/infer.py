@@ -2,25 +2,54 @@
 
 from __future__ import annotations
 
-from nasforge.compiler.ir import Graph, Node
+from nasforge.compiler.ir import ALL_OUTPUTS, Graph, Node, Value
 from nasforge.errors import SpecError
 from nasforge.ops.registry import OpContext, get_op
 from nasforge.types import TensorType
 
 
 def infer_types(graph: Graph) -> Graph:
-    """Fill ``node.outputs`` for every node; the first misfit becomes a located SpecError."""
+    """Fill ``node.outputs`` for every node; the first misfit becomes a located SpecError.
+
+    References are made exact on the way: "every output of X" becomes X's real outputs and ``X:N`` is
+    checked against them, so op arity is checked here, on the inputs the op really gets.
+    """
     for node in graph:
-        ctx = context_for(graph, node)
         op = get_op(node.op)
         try:
-            outputs = op.infer(ctx)
+            node.inputs = resolve_values(graph, node.inputs)
+            op.check_arity(len(node.inputs))
+            outputs = op.infer(context_for(graph, node))
         except SpecError as err:
             raise err.with_context(node.location, node.path) from None
         if node.declared_shape is not None:
             check_declared(node, outputs[0])
         node.outputs = outputs
+    try:
+        values = resolve_values(graph, list(graph.outputs.values()))
+    except SpecError as err:
+        raise err.with_context(graph.outputs_location, "outputs") from None
+    names = list(graph.outputs)
+    if len(values) != len(names):  # a multi-output node named as one output: number its outputs
+        graph.outputs = {f"{names[0]}_{k}" if len(names) == 1 else f"output{k}": v for k, v in enumerate(values)}
+    else:
+        graph.outputs = dict(zip(names, values))
     return graph
+
+
+def resolve_values(graph: Graph, values: list[Value]) -> list[Value]:
+    """Replace all-output references by each output, and check ``X:N`` indices against real counts."""
+    out: list[Value] = []
+    for v in values:
+        count = 1 if v.node in graph.inputs else len(graph.nodes[v.node].outputs)
+        if v.index == ALL_OUTPUTS:
+            out.extend(Value(v.node, k) for k in range(count))
+        elif v.index >= count:
+            raise SpecError(f"{v.node!r} has no output {v.index}", expected=f"an output index in 0..{count - 1}",
+                            found=f"{v.node}:{v.index}")
+        else:
+            out.append(v)
+    return out
 
 
 def context_for(graph: Graph, node: Node) -> OpContext:

@@ -17,6 +17,11 @@ from nasforge.errors import Location
 from nasforge.types import TensorType
 
 
+ALL_OUTPUTS = -1
+"""Index of a reference to every output of a node (``in: split``); inference replaces it by the real
+outputs, whose number some ops (``split`` by size) only know from the input shape."""
+
+
 @dataclass(frozen=True)
 class Value:
     """One tensor in the graph: output ``index`` of node ``node`` (or a graph input, index 0)."""
@@ -25,7 +30,7 @@ class Value:
     index: int = 0
 
     def __str__(self) -> str:
-        return self.node if self.index == 0 else f"{self.node}:{self.index}"
+        return self.node if self.index in (0, ALL_OUTPUTS) else f"{self.node}:{self.index}"
 
 
 @dataclass(frozen=True)
@@ -74,6 +79,7 @@ class Graph:
     choices: list[ChoicePoint] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
     input_locations: dict[str, Location] = field(default_factory=dict)
+    outputs_location: Location = field(default_factory=Location)
     warnings: list[str] = field(default_factory=list)
 
     def __iter__(self) -> Iterator[Node]:

@@ -22,7 +22,7 @@ from typing import Any, Mapping
 import networkx as nx
 from torch import fx
 
-from nasforge.compiler.ir import ChoicePoint, Graph, Node, Value
+from nasforge.compiler.ir import ALL_OUTPUTS, ChoicePoint, Graph, Node, Value
 from nasforge.dsl.document import NAME_RE, REQUIRED_ARG, BlockDef, Document, check_name
 from nasforge.dsl.expr import ExprError, is_expression, parse_expression
 from nasforge.dsl.yaml_loader import LocDict, LocList
@@ -35,7 +35,7 @@ CHOICE_KINDS = ("choice", "int", "float", "op_choice")
 CHOICE_OPTIONS = ("log", "step", "default")
 ID_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*$")
 MAX_NODES = 200_000
-RESERVED_IDS = frozenset(n for n in dir(fx.GraphModule) if not n.startswith("__")) | {"code", "graph"}
+RESERVED_IDS = frozenset(n for n in dir(fx.GraphModule) if not n.startswith("__")) | {"code", "graph", "training", "meta"}
 
 
 def is_choice(value: Any) -> bool:
@@ -85,7 +85,8 @@ class Expander:
         self.check_assignment_used()
         meta = {k: self.doc.raw[k] for k in ("paper", "doc") if k in self.doc.raw}
         meta["params"] = params
-        graph = Graph(self.doc.name, inputs, self.nodes, outputs, self.choices, meta, input_locs)
+        graph = Graph(self.doc.name, inputs, self.nodes, outputs, self.choices, meta, input_locs,
+                      self.doc.raw.loc_of("outputs"))
         graph.warnings.extend(unused_warnings(graph))
         return graph
 
@@ -346,6 +347,8 @@ class Expander:
                             expected="one of " + (", ".join(known) or "(nothing defined yet)"),
                             found=repr(ref), hint=did_you_mean(name, known))
         if index:
+            if len(values) == 1 and values[0].index == ALL_OUTPUTS and index.isdigit():
+                return [Value(values[0].node, int(index))]  # checked against the real count by inference
             if not index.isdigit() or int(index) >= len(values):
                 raise SpecError(f"{name!r} has no output {index!r}", location=loc, node_path=path,
                                 expected=f"an output index in 0..{len(values) - 1}", found=repr(ref))
@@ -413,7 +416,6 @@ class Expander:
         attrs = {k: self.value(v, env, f"{path}.{k}", _loc(entry, k), path) for k, v in attrs_raw.items()}
         try:
             attrs = op.validate_attrs(attrs)
-            op.check_arity(len(inputs))
         except SpecError as err:
             where = _loc(entry, err.key) if err.key else entry.loc
             raise err.with_context(where, path) from None
@@ -426,14 +428,7 @@ class Expander:
             raise SpecError(f"two nodes expand to the same path {path!r}", location=entry.loc, node_path=path,
                             expected="unique node paths", found=f"{path!r} again")
         self.nodes[path] = node
-        n_out = self.output_count(op, attrs)
-        return [Value(path, k) for k in range(n_out)]
-
-    @staticmethod
-    def output_count(op: Any, attrs: dict[str, Any]) -> int:
-        """How many outputs an op yields, known from attributes alone (multi-output ops declare it)."""
-        counter = getattr(op, "num_outputs", None)
-        return counter(attrs) if callable(counter) else 1
+        return [Value(path, ALL_OUTPUTS)]
 
     def declared_shape(self, entry: LocDict, env: dict[str, Any], path: str) -> tuple[Any, ...]:
         raw = entry["shape"]
