@@ -72,7 +72,7 @@ _CHAR_HINTS = {"=": "use '==' to compare", "!": "use 'not' for negation",
 
 
 class _Token(NamedTuple):
-    kind: str  # num, str, name, kw, op, end; keywords never tokenize as names, so text alone tells ops
+    kind: str  # num, str, name, kw (keywords and constants), op, end
     text: str
     offset: int
     value: Any = None
@@ -203,7 +203,7 @@ class _Parser:
 
     def prefix(self) -> _Node:
         if tok := self.accept("not"):
-            return _Node("unary", tok.offset, "not", (self.expr(3),))
+            return _Node("unary", tok.offset, "not", (self.expr(_PREC["and"] + 1),))
         if tok := self.accept("-", "+"):
             return _Node("unary", tok.offset, tok.text, (self.expr(_PREC["**"]),))
         node = self.atom()
@@ -294,7 +294,8 @@ def _need(fn: str, value: Any, ok: bool, expected: str) -> Any:
 
 
 def _num(fn: str, value: Any) -> Any:
-    return _need(fn, value, _is_num(value), "a number")
+    """A number argument; YAML's .inf/.nan are refused here, before they reach int() or math.*."""
+    return _need(fn, value, _is_num(value) and (isinstance(value, int) or math.isfinite(value)), "a finite number")
 
 
 def _seq(fn: str, value: Any) -> Any:
@@ -377,7 +378,8 @@ class _Evaluator:
              hint: str | None = None) -> NoReturn:
         raise _error(self.source, node.offset, what, expected, found, hint)
 
-    def eval(self, node: _Node) -> Any:
+    def value_of(self, node: _Node) -> Any:
+        """Evaluate ``node``; recursion depth is bounded by the parser's MAX_DEPTH check."""
         kind, value, args = node.kind, node.value, node.args
         if kind == "const":
             return value
@@ -387,12 +389,12 @@ class _Evaluator:
                 self.fail(node, f"undefined parameter {value!r}", "a declared parameter", repr(value),
                           did_you_mean(value, names))
             return self.env[value]
-        if kind == "binary" and value in ("and", "or"):  # short-circuit: the right side may be invalid when not needed
-            left = self.eval(args[0])
-            return self.eval(args[1]) if bool(left) == (value == "and") else left
+        if kind == "binary" and value in ("and", "or"):  # short-circuit: the unneeded side may be invalid
+            left = self.value_of(args[0])
+            return self.value_of(args[1]) if bool(left) == (value == "and") else left
         if kind == "cond":
-            return self.eval(args[1] if self.eval(args[0]) else args[2])
-        values = [self.eval(arg) for arg in args]
+            return self.value_of(args[1] if self.value_of(args[0]) else args[2])
+        values = [self.value_of(arg) for arg in args]
         if kind == "list":
             return values
         if kind == "binary":
@@ -473,7 +475,7 @@ class Expr:
 
     def evaluate(self, env: Mapping[str, Any]) -> Any:
         """The value under ``env`` (parameter name -> value); raises ExprError on any mistake."""
-        return _Evaluator(self.source, env).eval(self._root)
+        return _Evaluator(self.source, env).value_of(self._root)
 
     def names(self) -> set[str]:
         """Free parameter names, so callers can order parameter resolution and report cycles."""
