@@ -87,8 +87,9 @@ class Matmul(OpDef):
             raise ctx.fail("matmul operands must share a dtype", expected="equal dtypes", found=f"{a} @ {b}")
         k_b = b.shape[0] if b.rank == 1 else b.shape[-2]
         if a.shape[-1] != k_b:
-            raise ctx.fail("matmul inner dimensions differ", expected=f"b's {'only' if b.rank == 1 else 'second-to-last'}"
-                           f" dimension equal to a's last ({dim_str(a.shape[-1])})", found=f"{a} @ {b}")
+            which = "only" if b.rank == 1 else "second-to-last"
+            raise ctx.fail("matmul inner dimensions differ", found=f"{a} @ {b}",
+                           expected=f"b's {which} dimension equal to a's last ({dim_str(a.shape[-1])})")
         batch = broadcast_shapes(ctx, a.shape[:-2], b.shape[:-2])
         return [a.with_shape(batch + a.shape[-2:-1] + b.shape[-1:] * (b.rank >= 2))]
 
@@ -167,7 +168,7 @@ class Binding:
         if len(shapes) != len(eq.operands):
             raise ctx.fail("einsum equation and inputs disagree on the number of operands",
                            expected=f"{len(eq.operands)} input(s)", found=f"{len(shapes)} input(s)")
-        n_ell = max((len(s) - len(t) + 1 for s, t in zip(shapes, eq.operands) if ELLIPSIS in t), default=0)
+        n_ell = max([0] + [len(s) - len(t) + 1 for s, t in zip(shapes, eq.operands) if ELLIPSIS in t])
         operands: list[dict[Key, Dim]] = []
         sizes: dict[Key, Dim] = {}
         for i, (shape, terms) in enumerate(zip(shapes, eq.operands)):
@@ -196,9 +197,10 @@ class Binding:
         return tuple(self.sizes.get(k, 1) for k in self.output)
 
     def cost(self) -> tuple[int, int]:
-        """``(MACs, other FLOPs)`` of torch.einsum's evaluation, on concrete sizes: operands contracted pairwise left to right;
-        an index summed over and left in only one operand is summed there first (adds, not MACs); a pair
-        sharing indices to sum is one ``bmm``; a pair without any is an element-wise product."""
+        """``(MACs, other FLOPs)`` of torch.einsum's evaluation, on concrete sizes: operands contracted
+        pairwise left to right; an index summed over and left in only one operand is summed there first
+        (adds, not MACs); a pair sharing indices to sum is one ``bmm``; a pair without any is an
+        element-wise product."""
         out = set(self.output)
         ops = [dict(o) for o in self.operands]
         remaining = {k: sum(k in o for o in ops) for k in self.sizes if k not in out}

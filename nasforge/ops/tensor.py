@@ -57,29 +57,30 @@ class LayoutOp(OpDef):
 
 @register
 class Reshape(LayoutOp):
-    """Reshape to ``shape``: integers, at most one ``-1`` (solved from the element count, symbolically:
-    ``[B, 3, 4, 4] -> [B, -1]`` gives ``[B, 48]``, ``[B, N, C] -> [-1, C]`` gives ``[B*N, C]``) and symbol
-    names that keep a symbolic dimension of the input (``B``). On concrete inputs (symbols already bound)
-    a name takes the input's size at the same position. The result may hold at most one symbolic
-    dimension; it lowers to ``torch.reshape`` with ``-1`` there."""
+    """Reshape to ``to`` (not ``shape``: that key declares a node's expected output shape in specs):
+    integers, at most one ``-1`` (solved from the element count, symbolically: ``[B, 3, 4, 4] -> [B, -1]``
+    gives ``[B, 48]``, ``[B, N, C] -> [-1, C]`` gives ``[B*N, C]``) and symbol names that keep a symbolic
+    dimension of the input (``B``). On concrete inputs (symbols already bound) a name takes the input's
+    size at the same position. The result may hold at most one symbolic dimension; it lowers to
+    ``torch.reshape`` with ``-1`` there."""
 
     name = "reshape"
-    attrs = (Attr("shape", "shape", doc="target shape: ints, one -1 at most, symbol names such as B"),)
+    attrs = (Attr("to", "shape", doc="target shape: ints, one -1 at most, symbol names such as B"),)
     examples = (
-        Example({"shape": ["B", -1]}, [(2, 3, 4, 4)]),
-        Example({"shape": [-1, 4]}, [(2, 3, 4)]),
-        Example({"shape": ["B", 3, -1, 2]}, [(2, 4, 6)]),
-        Example({"shape": [2, 3, 4]}, [(2, 12)], symbolic_batch=False),
+        Example({"to": ["B", -1]}, [(2, 3, 4, 4)]),
+        Example({"to": [-1, 4]}, [(2, 3, 4)]),
+        Example({"to": ["B", 3, -1, 2]}, [(2, 4, 6)]),
+        Example({"to": [2, 3, 4]}, [(2, 12)], symbolic_batch=False),
     )
 
     def check_attrs(self, attrs: dict) -> None:
-        shape = attrs["shape"]
+        shape = attrs["to"]
         if shape.count(-1) > 1 or any(isinstance(d, int) and d != -1 and d < 1 for d in shape):
             raise SpecError("reshape target has invalid sizes", expected="positive ints, at most one -1, symbols",
-                            found=repr(shape), key="shape")
+                            found=repr(shape), key="to")
 
     def infer(self, ctx: OpContext) -> list[TensorType]:
-        x, shape = ctx.x, ctx["shape"]
+        x, shape = ctx.x, ctx["to"]
         dims = [self.resolve(ctx, d, i) if isinstance(d, str) else d for i, d in enumerate(shape)]
         total = dim_mul(x.shape)
         if -1 in dims:
@@ -235,23 +236,23 @@ class Squeeze(LayoutOp):
 
 @register
 class Expand(LayoutOp):
-    """Broadcast to ``shape`` without copying (``Tensor.expand``): ``-1`` keeps an axis, a size-1 axis
-    may grow to any size, and extra leading axes may be added (with explicit sizes)."""
+    """Broadcast to ``to`` without copying (``torch.broadcast_to``, i.e. ``Tensor.expand``): ``-1`` keeps an
+    axis, a size-1 axis may grow to any size, and extra leading axes may be added (with explicit sizes)."""
 
     name = "expand"
-    attrs = (Attr("shape", "ints", doc="target sizes, -1 to keep an axis"),)
+    attrs = (Attr("to", "ints", doc="target sizes, -1 to keep an axis"),)
     examples = (
-        Example({"shape": [-1, 4, 3]}, [(2, 1, 3)]),
-        Example({"shape": [5, -1, 3, -1]}, [(2, 1, 4)]),
+        Example({"to": [-1, 4, 3]}, [(2, 1, 3)]),
+        Example({"to": [5, -1, 3, -1]}, [(2, 1, 4)]),
     )
 
     def check_attrs(self, attrs: dict) -> None:
-        if any(d == 0 or d < -1 for d in attrs["shape"]):
+        if any(d == 0 or d < -1 for d in attrs["to"]):
             raise SpecError("expand target has invalid sizes", expected="positive ints or -1",
-                            found=repr(attrs["shape"]), key="shape")
+                            found=repr(attrs["to"]), key="to")
 
     def infer(self, ctx: OpContext) -> list[TensorType]:
-        x, shape = ctx.x, ctx["shape"]
+        x, shape = ctx.x, ctx["to"]
         new = len(shape) - x.rank
         if new < 0:
             raise ctx.fail("expand target has fewer axes than the input", expected=f"at least {x.rank} sizes",
@@ -268,7 +269,7 @@ class Expand(LayoutOp):
         return [x.with_shape(out)]
 
     def lower(self, ctx: OpContext) -> Call:
-        return Call(torch.Tensor.expand, (ctx["shape"],))
+        return Call(torch.broadcast_to, (ctx["to"],))
 
 
 @register
@@ -512,8 +513,8 @@ class Roll(LayoutOp):
 
     def check_attrs(self, attrs: dict) -> None:
         shifts, axes = attrs["shifts"], attrs["axes"]
-        if isinstance(shifts, int) != (axes is None or isinstance(axes, int)) or (
-                isinstance(axes, list) and len(axes) != len(shifts)):
+        one_axis = axes is None or isinstance(axes, int)
+        if isinstance(shifts, int) != one_axis or (not one_axis and len(axes) != len(shifts)):
             raise SpecError("roll needs one shift per axis", key="shifts",
                             expected="an int shift with one or no axis, or equally long lists",
                             found=f"shifts={shifts!r}, axes={axes!r}")
