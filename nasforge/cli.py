@@ -121,9 +121,23 @@ def cmd_show(args: argparse.Namespace) -> int:
               f"(all outputs), peak {human(t.peak_bytes, 'B')} (inference, live tensors)")
     paper = graph.meta.get("paper") or {}
     if paper:
-        quoted = ", ".join(f"{k} {v}" for k, v in paper.items() if k not in ("title", "url", "notes"))
-        con.print(f"paper: {paper.get('title', '?')}" + (f" ({quoted})" if quoted else ""))
+        con.print(f"paper: {paper.get('title', '?')}"
+                  + "".join(f", {paper[k]}" for k in ("venue", "year") if k in paper))
+        for line in paper_comparison(paper, t):
+            con.print("  " + line)
     return EXIT_OK
+
+
+def paper_comparison(paper: dict[str, Any], t: Any) -> list[str]:
+    """Published params/MACs next to what nasforge counts, with the relative difference."""
+    lines = []
+    for key, ours in (("params", t.params), ("macs", t.macs)):
+        published = paper.get(key)
+        if isinstance(published, (int, float)) and not isinstance(published, bool) and published > 0:
+            diff = (ours - published) / published
+            verdict = "exact" if ours == published else f"{diff:+.2%}"
+            lines.append(f"{key}: published {human(published)} ({published:,}), counted {ours:,} ({verdict})")
+    return lines
 
 
 def cmd_graph(args: argparse.Namespace) -> int:
