@@ -63,6 +63,8 @@ class Node:
     attr_locations: dict[str, Location] = field(default_factory=dict)
     declared_shape: tuple[Any, ...] | None = None
     outputs: list[TensorType] = field(default_factory=list)
+    block: str | None = None
+    """Path of the outermost block instance the node was expanded from (None at the top level)."""
 
     def output(self, index: int = 0) -> Value:
         return Value(self.path, index)

@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nasforge.dsl.yaml_loader import LocDict, LocList, load_yaml_file, load_yaml_text
+from nasforge.dsl.yaml_loader import LocDict, LocList, kind_of, load_yaml_file, load_yaml_text, shown
 from nasforge.errors import Location, SpecError, did_you_mean
 
-TOP_LEVEL_KEYS = ("nasforge", "name", "doc", "paper", "params", "imports", "inputs", "blocks", "graph",
-                  "outputs")
+TOP_LEVEL_KEYS = ("nasforge", "name", "doc", "paper", "params", "variants", "imports", "inputs", "blocks",
+                  "graph", "outputs")
 BLOCK_KEYS = ("doc", "args", "inputs", "nodes", "outputs")
 NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 REQUIRED_ARG = object()
@@ -35,6 +35,8 @@ class BlockDef:
     outputs: Any
     raw: LocDict
     file: str | None
+    arg_locs: dict[str, Location] = field(default_factory=dict)
+    """Where each argument's default is written (so an error in a default expression points at it)."""
 
     @property
     def loc(self) -> Location:
@@ -65,14 +67,14 @@ class Document:
         if not isinstance(value, kind):
             raise SpecError(f"section {key!r} has the wrong form", location=self.raw.loc_of(key),
                             expected="a mapping" if kind is dict else "a list",
-                            found=type(value).__name__)
+                            found=kind_of(value))
         return value
 
 
 def _require_mapping(value: Any, what: str, loc: Location) -> LocDict:
     if not isinstance(value, dict):
         raise SpecError(f"{what} must be a mapping", location=loc, expected="a YAML mapping (key: value)",
-                        found=type(value).__name__ if value is not None else "nothing")
+                        found=kind_of(value))
     return value  # type: ignore[return-value]
 
 
@@ -81,7 +83,7 @@ def check_name(name: Any, what: str, loc: Location) -> str:
     if not isinstance(name, str) or not NAME_RE.match(name):
         raise SpecError(f"invalid {what} name", location=loc,
                         expected="an identifier (letters, digits, underscore; not starting with a digit)",
-                        found=repr(name))
+                        found=shown(name))
     return name
 
 
@@ -97,43 +99,48 @@ def parse_block(name: str, raw: Any, loc: Location, file: str | None) -> BlockDe
     for key in raw:
         if key not in BLOCK_KEYS:
             raise SpecError(f"unknown key {key!r} in block {name!r}", location=raw.key_locs[key],
-                            expected="one of " + ", ".join(BLOCK_KEYS), found=repr(key),
+                            expected="one of " + ", ".join(BLOCK_KEYS), found=shown(key),
                             hint=did_you_mean(str(key), BLOCK_KEYS))
     args: dict[str, Any] = {}
     raw_args = raw.get("args") or []
-    items: list[tuple[Any, Any, Location]] = []
+    items: list[tuple[Any, Any, Location, Location]] = []  # name, default, where named, where the default is
     if isinstance(raw_args, dict):
-        items = [(k, v, raw_args.key_locs[k]) for k, v in raw_args.items()]
+        items = [(k, v, raw_args.key_locs[k], raw_args.loc_of(k)) for k, v in raw_args.items()]
     elif isinstance(raw_args, list):
         for i, item in enumerate(raw_args):
             item_loc = raw_args.loc_of(i)
             if isinstance(item, dict) and len(item) == 1:
                 (k, v), = item.items()
-                items.append((k, v, item_loc))
+                located = isinstance(item, LocDict)
+                items.append((k, v, item.key_locs[k] if located else item_loc,
+                              item.loc_of(k) if located else item_loc))
             else:
-                items.append((item, REQUIRED_ARG, item_loc))
+                items.append((item, REQUIRED_ARG, item_loc, item_loc))
     else:
         raise SpecError(f"args of block {name!r} have the wrong form", location=raw.loc_of("args"),
-                        expected="a list of names or a mapping name: default", found=repr(raw_args))
-    for arg, default, arg_loc in items:
+                        expected="a list of names or a mapping name: default", found=shown(raw_args))
+    arg_locs: dict[str, Location] = {}
+    for arg, default, arg_loc, default_loc in items:
         check_name(arg, "argument", arg_loc)
         if arg in args:
-            raise SpecError(f"argument {arg!r} declared twice in block {name!r}", location=arg_loc)
+            raise SpecError(f"argument {arg!r} declared twice in block {name!r}", location=arg_loc,
+                            node_path=f"blocks.{name}", expected="each argument once", found=f"{arg!r} again")
         args[arg] = default
+        arg_locs[arg] = default_loc
     inputs = raw.get("inputs", ["input"])
     if isinstance(inputs, str):
         inputs = [inputs]
     if not isinstance(inputs, list) or not inputs:
         raise SpecError(f"inputs of block {name!r} have the wrong form", location=raw.loc_of("inputs"),
-                        expected="a non-empty list of input names", found=repr(inputs))
+                        expected="a non-empty list of input names", found=shown(inputs))
     for i, inp in enumerate(inputs):
         check_name(inp, "block input", getattr(inputs, "loc_of", lambda _: loc)(i))
     nodes = raw.get("nodes")
     if not isinstance(nodes, list) or not nodes:
         raise SpecError(f"block {name!r} has no nodes", location=raw.loc_of("nodes"),
                         expected="a non-empty list of nodes under 'nodes'",
-                        found=repr(nodes) if nodes is not None else "nothing")
-    return BlockDef(name, args, list(inputs), nodes, raw.get("outputs"), raw, file)
+                        found=shown(nodes) if nodes is not None else "nothing")
+    return BlockDef(name, args, list(inputs), nodes, raw.get("outputs"), raw, file, arg_locs)
 
 
 def load_document(source: str | Path, *, text: str | None = None,
@@ -149,12 +156,18 @@ def load_document(source: str | Path, *, text: str | None = None,
     for key in raw:
         if key not in TOP_LEVEL_KEYS:
             raise SpecError(f"unknown top-level key {key!r}", location=raw.key_locs[key],
-                            expected="one of " + ", ".join(TOP_LEVEL_KEYS), found=repr(key),
+                            expected="one of " + ", ".join(TOP_LEVEL_KEYS), found=shown(key),
                             hint=did_you_mean(str(key), TOP_LEVEL_KEYS))
     version = raw.get("nasforge", 1)
-    if version != 1:
+    if version != 1 or isinstance(version, bool):
         raise SpecError("unsupported spec language version", location=raw.loc_of("nasforge"),
-                        expected="nasforge: 1", found=repr(version))
+                        expected="nasforge: 1", found=shown(version))
+    for key, kinds, wanted in (("name", (str, int, float), "text"), ("doc", (str,), "text"),
+                               ("paper", (dict,), "a mapping such as {title: ..., year: ...}")):
+        value = raw.get(key)
+        if value is not None and (not isinstance(value, kinds) or isinstance(value, bool)):
+            raise SpecError(f"{key!r} has the wrong form", location=raw.loc_of(key), node_path=key,
+                            expected=wanted, found=kind_of(value))
     own_stack = _stack + ((doc.path,) if doc.path else ())
     for imp_loc, imp_path, wanted in _imports(doc):
         _merge_import(doc, imp_loc, imp_path, wanted, own_stack)
@@ -169,8 +182,9 @@ def load_document(source: str | Path, *, text: str | None = None,
     return doc
 
 
-def _imports(doc: Document) -> list[tuple[Location, Path, list[str] | None]]:
-    """The ``imports`` section as (location, resolved path, selected block names or None for all)."""
+def _imports(doc: Document) -> list[tuple[Location, Path, list[tuple[str, Location]] | None]]:
+    """The ``imports`` section as (location, resolved path, selected block names with their locations,
+    or None for all)."""
     section = doc.section("imports", list, [])
     base = doc.path.parent if doc.path else Path.cwd()
     out = []
@@ -181,36 +195,49 @@ def _imports(doc: Document) -> list[tuple[Location, Path, list[str] | None]]:
             unknown = set(item) - {"file", "blocks"}
             if unknown or "file" not in item:
                 raise SpecError("an import names a file and optionally its blocks", location=loc,
-                                expected="a path, or {file: PATH, blocks: [NAMES]}", found=repr(dict(item)))
-            wanted = item.get("blocks")
-            if not isinstance(wanted, list) or not all(isinstance(w, str) for w in wanted):
+                                expected="a path, or {file: PATH, blocks: [NAMES]}", found=shown(dict(item)))
+            names = item.get("blocks")
+            if not isinstance(names, list) or not all(isinstance(w, str) for w in names):
                 raise SpecError("import 'blocks' must list block names", location=item.loc_of("blocks"),
-                                expected="a list of block names", found=repr(wanted))
+                                expected="a list of block names", found=shown(names))
+            wanted = [(w, names.loc_of(k) if isinstance(names, LocList) else loc) for k, w in enumerate(names)]
             item = item["file"]
         if not isinstance(item, str) or not item:
             raise SpecError("an import must be a file path", location=loc, expected="a relative path string",
-                            found=repr(item))
-        out.append((loc, (base / item).resolve(), wanted))
+                            found=shown(item))
+        out.append((loc, _resolve_import(base, item, loc), wanted))
     return out
 
 
-def _merge_import(doc: Document, loc: Location, path: Path, wanted: list[str] | None,
+def _resolve_import(base: Path, item: str, loc: Location) -> Path:
+    """The absolute path of an import that names an existing file; anything else is a located error."""
+    try:
+        path = (base / item).resolve()
+        exists = path.is_file()
+    except (OSError, ValueError) as err:  # a NUL byte, a name too long for the file system...
+        raise SpecError("an import names an unusable path", location=loc,
+                        expected="a spec file path relative to the importing file",
+                        found=f"{shown(item)} ({getattr(err, 'strerror', None) or err})") from None
+    if not exists:
+        raise SpecError(f"imported file not found: {path}", location=loc,
+                        expected="a spec file path relative to the importing file", found="no such file")
+    return path
+
+
+def _merge_import(doc: Document, loc: Location, path: Path, wanted: list[tuple[str, Location]] | None,
                   stack: tuple[Path, ...]) -> None:
     if path in stack:
         chain = " -> ".join(p.name for p in (*stack[stack.index(path):], path))
         raise SpecError("import cycle", location=loc, expected="imports that form no cycle",
                         found=chain)
-    if not path.is_file():
-        raise SpecError(f"imported file not found: {path}", location=loc,
-                        expected="a spec file path relative to the importing file", found="no such file")
     imported = load_document(path, _stack=stack)
-    names = list(imported.blocks) if wanted is None else wanted
-    for name in names:
+    names = [(name, loc) for name in imported.blocks] if wanted is None else wanted
+    for name, name_loc in names:
         if name not in imported.blocks:
-            raise SpecError(f"block {name!r} is not defined in {path.name}", location=loc,
-                            expected="one of " + (", ".join(imported.blocks) or "(no blocks)"), found=repr(name),
+            raise SpecError(f"block {name!r} is not defined in {path.name}", location=name_loc,
+                            expected="one of " + (", ".join(imported.blocks) or "(no blocks)"), found=shown(name),
                             hint=did_you_mean(name, list(imported.blocks)))
         if name in doc.blocks and doc.blocks[name].file != imported.blocks[name].file:
             raise SpecError(f"block {name!r} is imported twice from different files", location=loc,
-                            found=f"{doc.blocks[name].file} and {imported.blocks[name].file}")
+                            expected="each block name from one file", found=f"{doc.blocks[name].file} and {imported.blocks[name].file}")
         doc.blocks[name] = imported.blocks[name]

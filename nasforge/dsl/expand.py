@@ -25,7 +25,7 @@ from torch import fx
 from nasforge.compiler.ir import ALL_OUTPUTS, ChoicePoint, Graph, Node, Value
 from nasforge.dsl.document import NAME_RE, REQUIRED_ARG, BlockDef, Document, check_name
 from nasforge.dsl.expr import ExprError, is_expression, parse_expression
-from nasforge.dsl.yaml_loader import LocDict, LocList
+from nasforge.dsl.yaml_loader import LocDict, LocList, shown
 from nasforge.errors import Location, SpecError, did_you_mean
 from nasforge.ops.registry import all_ops, get_op
 from nasforge.types import DTYPES, Sym, TensorType
@@ -34,6 +34,9 @@ NODE_KEYS = ("id", "op", "block", "in", "repeat", "as", "if", "shape", "doc")
 CHOICE_KINDS = ("choice", "int", "float", "op_choice")
 CHOICE_OPTIONS = ("log", "step", "default")
 ID_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*$")
+INDEX_RE = re.compile(r"[0-9]{1,9}")
+"""An output index in ``id:N`` (ASCII digits: ``str.isdigit`` also accepts other scripts' digits)."""
+MAX_BLOCK_DEPTH = 64
 MAX_NODES = 200_000
 RESERVED_IDS = frozenset(n for n in dir(fx.GraphModule) if not n.startswith("__")) | {"code", "graph", "training", "meta"}
 
@@ -53,6 +56,8 @@ class Scope:
     inputs: dict[str, list[Value]]
     names: dict[str, list[Value]] = field(default_factory=dict)
     blocks: tuple[str, ...] = ()
+    block_root: str | None = None
+    """Path of the outermost block instance this scope lies in (what ``show`` folds a node into)."""
 
     def path(self, node_id: str) -> str:
         return f"{self.prefix}.{node_id}" if self.prefix else node_id
@@ -81,6 +86,7 @@ class Expander:
                             expected="a non-empty 'graph:' list of nodes", found="nothing")
         scope = Scope("", params, {name: [Value(name)] for name in inputs})
         last = self.expand_nodes(graph_entries, scope)
+        self.check_paths_do_not_nest()
         outputs = self.evaluate_outputs(scope, last)
         self.check_assignment_used()
         meta = {k: self.doc.raw[k] for k in ("paper", "doc") if k in self.doc.raw}
@@ -90,14 +96,28 @@ class Expander:
         graph.warnings.extend(unused_warnings(graph))
         return graph
 
+    def check_paths_do_not_nest(self) -> None:
+        """The built module keeps each op's submodule at its path: ``a`` and ``a.b`` cannot both be ops."""
+        for path, node in self.nodes.items():
+            parts = path.split(".")
+            for k in range(1, len(parts)):
+                outer = ".".join(parts[:k])
+                if outer in self.nodes:
+                    raise SpecError(f"node path {path!r} lies inside node {outer!r}", location=node.location,
+                                    node_path=path, expected="op nodes whose paths do not nest",
+                                    found=f"{outer!r} (line {self.nodes[outer].location.line}) and {path!r}",
+                                    hint="rename one of them; dots in ids spell paths")
+
     # -- parameters, inputs, outputs ------------------------------------------------------------------
     def evaluate_params(self) -> dict[str, Any]:
         raw = self.doc.section("params", dict, {})
         for key in self.overrides:
             if key not in raw:
-                raise SpecError(f"cannot override unknown parameter {key!r}", location=self.doc.raw.loc,
+                where = self.doc.raw.key_locs.get("params", self.doc.raw.loc)
+                raise SpecError(f"cannot override unknown parameter {key!r}", location=where,
+                                node_path="params",
                                 expected="one of " + (", ".join(map(str, raw)) or "(no parameters)"),
-                                found=repr(key), hint=did_you_mean(key, [str(k) for k in raw]))
+                                found=shown(key), hint=did_you_mean(key, [str(k) for k in raw]))
         env: dict[str, Any] = {}
         for key, value in raw.items():
             check_name(key, "parameter", raw.key_locs[key])
@@ -120,16 +140,17 @@ class Expander:
             if isinstance(decl, dict):
                 extra = set(decl) - {"shape", "dtype"}
                 if extra or "shape" not in decl:
-                    raise SpecError(f"input {name!r} has the wrong form", location=loc,
-                                    expected="a shape list or {shape: [...], dtype: NAME}", found=repr(dict(decl)))
+                    raise SpecError(f"input {name!r} has the wrong form", location=loc, node_path=f"inputs.{name}",
+                                    expected="a shape list or {shape: [...], dtype: NAME}", found=shown(dict(decl)))
                 shape, dtype = decl["shape"], decl.get("dtype", "float32")
-                if dtype not in DTYPES:
+                if not isinstance(dtype, str) or dtype not in DTYPES:
                     raise SpecError(f"input {name!r} has an unknown dtype", location=decl.loc_of("dtype"),
-                                    expected="one of " + ", ".join(DTYPES), found=repr(dtype),
+                                    node_path=f"inputs.{name}",
+                                    expected="one of " + ", ".join(DTYPES), found=shown(dtype),
                                     hint=did_you_mean(str(dtype), DTYPES))
             if not isinstance(shape, list):
-                raise SpecError(f"input {name!r} needs a shape", location=loc,
-                                expected="a list of dimensions, e.g. [B, 3, 224, 224]", found=repr(shape))
+                raise SpecError(f"input {name!r} needs a shape", location=loc, node_path=f"inputs.{name}",
+                                expected="a list of dimensions, e.g. [B, 3, 224, 224]", found=shown(shape))
             dims = []
             for i, dim in enumerate(shape):
                 dim_loc = shape.loc_of(i) if isinstance(shape, LocList) else loc
@@ -140,46 +161,55 @@ class Expander:
                 if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                     raise SpecError(f"dimension {i} of input {name!r} is not a positive integer",
                                     location=dim_loc, node_path=f"inputs.{name}",
-                                    expected="a positive integer or a symbol such as B", found=repr(value))
+                                    expected="a positive integer or a symbol such as B", found=shown(value))
                 dims.append(value)
             types[name] = TensorType(tuple(dims), dtype)
             locs[name] = loc
         return types, locs
 
     def evaluate_outputs(self, scope: Scope, last: list[Value]) -> dict[str, Value]:
+        """The ``outputs`` section (default: the last node's outputs); a network must have one."""
         raw = self.doc.raw.get("outputs")
         loc = self.doc.raw.loc_of("outputs")
-        if raw is None:
-            return {("output" if len(last) == 1 else f"output{i}"): v for i, v in enumerate(last)}
-        if isinstance(raw, str):
-            raw = [raw]
-        pairs: list[tuple[str, Any, Location]] = []
-        if isinstance(raw, dict):
-            pairs = [(check_name(k, "output", raw.key_locs[k]), v, raw.loc_of(k)) for k, v in raw.items()]
-        elif isinstance(raw, list):
-            for i, ref in enumerate(raw):
-                ref_loc = raw.loc_of(i) if isinstance(raw, LocList) else loc
-                pairs.append((str(ref).replace(".", "_").replace(":", "_"), ref, ref_loc))
-        else:
-            raise SpecError("'outputs' has the wrong form", location=loc,
-                            expected="a node id, a list of ids or a mapping name: id", found=repr(raw))
         outputs: dict[str, Value] = {}
-        for name, ref, ref_loc in pairs:
-            values = self.resolve_ref(ref, scope, ref_loc, "outputs")
-            for k, v in enumerate(values):
-                outputs[name if len(values) == 1 else f"{name}_{k}"] = v
+        if raw is None:
+            outputs = {("output" if len(last) == 1 else f"output{i}"): v for i, v in enumerate(last)}
+            loc = self.doc.raw.loc_of("graph")
+        else:
+            for name, ref, ref_loc in self.output_refs(raw, loc):
+                values = self.resolve_ref(ref, scope, ref_loc, "outputs")
+                for k, v in enumerate(values):
+                    outputs[name if len(values) == 1 else f"{name}_{k}"] = v
+        if not outputs:
+            raise SpecError("the network has no outputs", location=loc, node_path="outputs",
+                            expected="at least one output",
+                            found="nothing (an empty list, or a last node that is skipped without inputs)")
         return outputs
+
+    @staticmethod
+    def output_refs(raw: Any, loc: Location) -> list[tuple[str, Any, Location]]:
+        """``outputs`` as (name, reference, location): an id, a list of ids, or a mapping name: id."""
+        if isinstance(raw, str):
+            return [(raw.replace(".", "_").replace(":", "_"), raw, loc)]
+        if isinstance(raw, dict):
+            return [(check_name(k, "output", raw.key_locs[k] if isinstance(raw, LocDict) else loc), v,
+                     raw.loc_of(k) if isinstance(raw, LocDict) else loc) for k, v in raw.items()]
+        if isinstance(raw, list):
+            return [(str(ref).replace(".", "_").replace(":", "_"), ref,
+                     raw.loc_of(i) if isinstance(raw, LocList) else loc) for i, ref in enumerate(raw)]
+        raise SpecError("'outputs' has the wrong form", location=loc, node_path="outputs",
+                        expected="a node id, a list of ids or a mapping name: id", found=shown(raw))
 
     # -- values ---------------------------------------------------------------------------------------
     def value(self, raw: Any, env: Mapping[str, Any], label: str, loc: Location, path: str) -> Any:
         """Evaluate a spec value: choice points, expressions, lists of them, literals."""
         if is_choice(raw):
-            return self.value(self.choose(raw, label, loc), env, label, loc, path)
+            return self.value(self.choose(raw, label, loc, path), env, label, loc, path)
         if isinstance(raw, dict) and any(k in CHOICE_KINDS for k in raw):
             raise SpecError("malformed choice point", location=loc, node_path=path,
                             expected="one of {choice: [...]}, {int: [lo, hi]}, {float: [lo, hi], log: true}, "
                                      "{op_choice: [...]}",
-                            found=repr(dict(raw)))
+                            found=shown(dict(raw)))
         if isinstance(raw, str) and is_expression(raw):
             try:
                 return parse_expression(raw).evaluate(env)
@@ -197,32 +227,46 @@ class Expander:
                                   path) for k, v in raw.items()}
         return raw
 
-    def choose(self, raw: LocDict, label: str, loc: Location) -> Any:
+    def choose(self, raw: LocDict, label: str, loc: Location, path: str) -> Any:
         """Record a choice point and return the raw option assigned to ``label`` (or the default)."""
         kind = next(k for k in raw if k in CHOICE_KINDS)
         options = raw[kind]
         if not isinstance(options, list) or not options:
-            raise SpecError(f"{kind} needs a non-empty list", location=loc, node_path=label,
-                            expected=f"{{{kind}: [...]}}", found=repr(options))
+            raise SpecError(f"{kind} needs a non-empty list", location=loc, node_path=path,
+                            expected=f"{{{kind}: [...]}}", found=shown(options))
         if kind in ("int", "float"):
             if len(options) != 2 or not all(isinstance(o, (int, float)) and not isinstance(o, bool)
                                             for o in options) or options[0] > options[1]:
-                raise SpecError(f"{kind} range must be [lo, hi] with lo <= hi", location=loc, node_path=label,
-                                expected=f"{{{kind}: [lo, hi]}}", found=repr(list(options)))
+                raise SpecError(f"{kind} range must be [lo, hi] with lo <= hi", location=loc, node_path=path,
+                                expected=f"{{{kind}: [lo, hi]}}", found=shown(list(options)))
             if kind == "int" and not all(isinstance(o, int) for o in options):
-                raise SpecError("int range bounds must be integers", location=loc, node_path=label,
-                                expected="{int: [lo, hi]}", found=repr(list(options)))
+                raise SpecError("int range bounds must be integers", location=loc, node_path=path,
+                                expected="{int: [lo, hi]}", found=shown(list(options)))
+            if raw.get("log") is True and options[0] <= 0:
+                raise SpecError("a log-scale range needs a positive lower bound", location=loc, node_path=path,
+                                expected=f"{{{kind}: [lo, hi], log: true}} with lo > 0", found=shown(list(options)))
+        elif any(is_choice(o) for o in options):
+            raise SpecError("a choice option cannot itself be a choice point", location=loc, node_path=path,
+                            expected="plain options (values, ops or node fragments)", found=shown(list(options)))
+        if "log" in raw and not isinstance(raw["log"], bool):
+            raise SpecError("'log' of a choice point must be true or false", location=loc, node_path=path,
+                            expected="log: true or log: false", found=shown(raw["log"]))
+        step = raw.get("step")
+        if "step" in raw and not (kind in ("int", "float") and isinstance(step, (int, float))
+                                  and not isinstance(step, bool) and step > 0):
+            raise SpecError("'step' of a choice point must be a positive number", location=loc, node_path=path,
+                            expected="step: N > 0 on an {int: ...} or {float: ...} range", found=shown(step))
         default = raw.get("default", options[0])
         value = self.assignment.pop(label, default) if label in self.assignment else default
         valid = (value in options) if kind in ("choice", "op_choice") else (
-            isinstance(value, (int, float)) and options[0] <= value <= options[1]
+            isinstance(value, (int, float)) and not isinstance(value, bool) and options[0] <= value <= options[1]
             and (kind == "float" or isinstance(value, int)))
         if not valid:
-            raise SpecError(f"value for choice {label!r} is not an option", location=loc, node_path=label,
+            raise SpecError(f"value for choice {label!r} is not an option", location=loc, node_path=path,
                             expected=(f"one of {list(options)!r}" if kind in ("choice", "op_choice")
                                       else f"a{'n integer' if kind == 'int' else ' number'} in "
                                            f"[{options[0]}, {options[1]}]"),
-                            found=repr(value))
+                            found=shown(value))
         self.choices.append(ChoicePoint(label, kind, tuple(_plain(o) for o in options), _plain(value), loc,
                                         bool(raw.get("log", False)), raw.get("step")))
         return value
@@ -232,7 +276,7 @@ class Expander:
             known = [c.label for c in self.choices]
             label = next(iter(self.assignment))
             raise SpecError(f"no choice point is labelled {label!r}", location=self.doc.raw.loc,
-                            expected="a label from the space's choice points", found=repr(label),
+                            expected="a label from the space's choice points", found=shown(label),
                             hint=did_you_mean(label, known))
 
     # -- nodes ----------------------------------------------------------------------------------------
@@ -265,7 +309,7 @@ class Expander:
         loc = entries.loc_of(index) if isinstance(entries, LocList) else Location()
         if not isinstance(entry, dict):
             raise SpecError("a node must be a mapping", location=loc, node_path=scope.prefix or None,
-                            expected="{id: NAME, op: OP, ...}", found=repr(entry))
+                            expected="{id: NAME, op: OP, ...}", found=shown(entry))
         has_op, has_block = "op" in entry, "block" in entry
         if has_op == has_block:
             raise SpecError("a node needs exactly one of 'op' or 'block'", location=entry.loc,
@@ -279,12 +323,12 @@ class Expander:
             node_id = f"{base}{index}"
         elif not isinstance(node_id, str) or not ID_RE.match(node_id):
             raise SpecError("invalid node id", location=entry.loc_of("id"), node_path=scope.prefix or None,
-                            expected="a name such as conv1 (dots only to spell a full path)", found=repr(node_id))
+                            expected="a name such as conv1 (dots only to spell a full path)", found=shown(node_id))
         if set(node_id.split(".")) & RESERVED_IDS:
             raise SpecError("node id clashes with a name the built torch module uses",
                             location=entry.loc_of("id"), node_path=scope.path(node_id),
                             expected="an id that is not a torch.nn.Module or GraphModule attribute",
-                            found=repr(node_id), hint=f"rename it, e.g. {node_id.replace('.', '_')}_")
+                            found=shown(node_id), hint=f"rename it, e.g. {node_id.replace('.', '_')}_")
         if "in" in entry:
             raw_in = entry["in"]
             in_loc = entry.loc_of("in")
@@ -305,19 +349,26 @@ class Expander:
         g = nx.DiGraph()
         g.add_nodes_from(range(len(parsed)))
         for i, (_, _, refs) in enumerate(parsed):
-            for ref, _ in refs:
+            for ref, ref_loc in refs:
                 name = self.ref_name(ref)
-                if name in ids:
-                    g.add_edge(ids[name], i)
+                if name in ids and not (isinstance(ref, str) and ref.startswith("$")):
+                    g.add_edge(ids[name], i, loc=ref_loc)
         try:
             return list(nx.lexicographical_topological_sort(g))
         except nx.NetworkXUnfeasible:
             cycle = nx.find_cycle(g)
-            names = [parsed[a][0] for a, _ in cycle] + [parsed[cycle[0][0]][0]]
-            first = parsed[cycle[0][0]]
-            raise SpecError("the graph has a cycle", location=first[1].loc, node_path=scope.path(first[0]),
+            # blame the reference to a later node: the one edge of the cycle that points forward
+            start = next((k for k, (a, b) in enumerate(cycle) if a > b), 0)
+            cycle = cycle[start:] + cycle[:start]
+            src, dst = cycle[0]
+            names = [parsed[a][0] for a, _ in cycle] + [parsed[src][0]]
+            raise SpecError("the graph has a cycle", location=g.edges[src, dst]["loc"],
+                            node_path=scope.path(parsed[dst][0]),
                             expected="inputs that refer only to earlier results (a DAG)",
-                            found=" -> ".join(names)) from None
+                            found=" -> ".join(names),
+                            hint=f"{parsed[dst][0]!r} takes its own output" if src == dst else
+                            f"{parsed[dst][0]!r} takes {parsed[src][0]!r}, which depends on {parsed[dst][0]!r}"
+                            ) from None
 
     @staticmethod
     def ref_name(ref: Any) -> str | None:
@@ -334,24 +385,25 @@ class Expander:
             return next(iter(scope.inputs.values()))
         if not isinstance(ref, str) or not ref:
             raise SpecError("an input reference must be a node id", location=loc, node_path=path,
-                            expected="a node id, id:N, or $input", found=repr(ref))
+                            expected="a node id, id:N, or $input", found=shown(ref))
         name, _, index = (ref[1:] if ref.startswith("$") else ref).partition(":")
         if ref.startswith("$"):
             values = scope.inputs.get(name)
         else:
             values = scope.names.get(name, scope.inputs.get(name))
         if values is None:
-            known = [*scope.names, *scope.inputs]
+            known = [*scope.inputs] if ref.startswith("$") else [*scope.names, *scope.inputs]
             what = "block input" if ref.startswith("$") else "node or input"
             raise SpecError(f"reference to undefined {what} {name!r}", location=loc, node_path=path,
                             expected="one of " + (", ".join(known) or "(nothing defined yet)"),
-                            found=repr(ref), hint=did_you_mean(name, known))
+                            found=shown(ref), hint=did_you_mean(name, known))
         if index:
-            if len(values) == 1 and values[0].index == ALL_OUTPUTS and index.isdigit():
+            valid = INDEX_RE.fullmatch(index) is not None
+            if len(values) == 1 and values[0].index == ALL_OUTPUTS and valid:
                 return [Value(values[0].node, int(index))]  # checked against the real count by inference
-            if not index.isdigit() or int(index) >= len(values):
+            if not valid or int(index) >= len(values):
                 raise SpecError(f"{name!r} has no output {index!r}", location=loc, node_path=path,
-                                expected=f"an output index in 0..{len(values) - 1}", found=repr(ref))
+                                expected=f"an output index in 0..{len(values) - 1}", found=shown(ref))
             return [values[int(index)]]
         return values
 
@@ -359,13 +411,14 @@ class Expander:
         path = scope.path(node_id)
         for key in entry:
             if key not in NODE_KEYS and not isinstance(key, str):
-                raise SpecError("attribute names must be strings", location=entry.key_locs[key], node_path=path)
+                raise SpecError("attribute names must be strings", location=_key_loc(entry, key), node_path=path,
+                                expected="a name", found=shown(key))
         inputs = [v for ref, loc in refs for v in self.resolve_ref(ref, scope, loc, path)]
         if "if" in entry:
             cond = self.value(entry["if"], scope.env, path + ".if", entry.loc_of("if"), path)
             if not isinstance(cond, bool):
                 raise SpecError("'if' must be true or false", location=entry.loc_of("if"), node_path=path,
-                                expected="a boolean expression", found=repr(cond))
+                                expected="a boolean expression", found=shown(cond))
             if not cond:
                 return inputs[:1]
         if "repeat" not in entry:
@@ -375,7 +428,10 @@ class Expander:
         count = self.value(entry["repeat"], scope.env, path + ".repeat", entry.loc_of("repeat"), path)
         if not isinstance(count, int) or isinstance(count, bool) or count < 1:
             raise SpecError("repeat count must be a positive integer", location=entry.loc_of("repeat"),
-                            node_path=path, expected="an integer >= 1", found=repr(count))
+                            node_path=path, expected="an integer >= 1", found=shown(count))
+        if count > MAX_NODES:
+            raise SpecError("repeat count is too large", location=entry.loc_of("repeat"), node_path=path,
+                            expected=f"at most {MAX_NODES:,}", found=shown(count))
         var = entry.get("as", "i")
         values = inputs
         for k in range(count):
@@ -400,13 +456,13 @@ class Expander:
             attrs_raw = {k: v for k, v in entry.items() if k not in NODE_KEYS}
         if not isinstance(target, str):
             raise SpecError(f"'{key}' must name an op or block", location=entry.loc_of(key), node_path=path,
-                            expected="a name", found=repr(target))
+                            expected="a name", found=shown(target))
         if target in self.doc.blocks and (key == "block" or target not in all_ops()):
             return self.expand_block(self.doc.blocks[target], entry, attrs_raw, path, inputs, env, scope)
         if key == "block":
             raise SpecError(f"unknown block {target!r}", location=entry.loc_of("block"), node_path=path,
                             expected="one of " + (", ".join(self.doc.blocks) or "(no blocks defined)"),
-                            found=repr(target), hint=did_you_mean(target, list(self.doc.blocks)))
+                            found=shown(target), hint=did_you_mean(target, list(self.doc.blocks)))
         try:
             op = get_op(target)
         except SpecError as err:
@@ -417,13 +473,15 @@ class Expander:
         try:
             attrs = op.validate_attrs(attrs)
         except SpecError as err:
-            where = _loc(entry, err.key) if err.key else entry.loc
+            # an unknown attribute is a wrong key; a badly typed one is a wrong value
+            where = entry.loc if not err.key else (
+                _loc(entry, err.key) if err.key in op.attr_map() else _key_loc(entry, err.key))
             raise err.with_context(where, path) from None
         declared = None
         if "shape" in entry:
             declared = self.declared_shape(entry, env, path)
         node = Node(path, target, attrs, list(inputs), entry.loc,
-                    {k: _loc(entry, k) for k in (*entry, *attrs_raw)}, declared)
+                    {k: _loc(entry, k) for k in (*entry, *attrs_raw)}, declared, block=scope.block_root)
         if path in self.nodes or path in self.doc.raw.get("inputs", {}):
             raise SpecError(f"two nodes expand to the same path {path!r}", location=entry.loc, node_path=path,
                             expected="unique node paths", found=f"{path!r} again")
@@ -434,7 +492,7 @@ class Expander:
         raw = entry["shape"]
         if not isinstance(raw, list):
             raise SpecError("'shape' must be a list of dimensions", location=entry.loc_of("shape"),
-                            node_path=path, expected="e.g. [B, 64, 56, 56]", found=repr(raw))
+                            node_path=path, expected="e.g. [B, 64, 56, 56]", found=shown(raw))
         dims = []
         for i, dim in enumerate(raw):
             if isinstance(dim, str) and NAME_RE.match(dim):
@@ -446,16 +504,21 @@ class Expander:
     def expand_block(self, block: BlockDef, entry: LocDict, attrs_raw: dict[str, Any], path: str,
                      inputs: list[Value], env: dict[str, Any], scope: Scope) -> list[Value]:
         """Inline a block under ``path``: bind arguments and inputs, expand its nodes, return its outputs."""
+        use_loc = _loc(entry, "block" if "block" in entry else "op")
         if block.name in scope.blocks:
             chain = " -> ".join((*scope.blocks[scope.blocks.index(block.name):], block.name))
-            raise SpecError(f"block {block.name!r} uses itself", location=entry.loc, node_path=path,
+            raise SpecError(f"block {block.name!r} uses itself", location=use_loc, node_path=path,
                             expected="blocks that do not recurse", found=chain)
+        if len(scope.blocks) >= MAX_BLOCK_DEPTH:
+            raise SpecError("blocks are nested too deeply", location=use_loc, node_path=path,
+                            expected=f"at most {MAX_BLOCK_DEPTH} levels of blocks inside blocks",
+                            found=" -> ".join((*scope.blocks[:3], "...", block.name)))
         args: dict[str, Any] = {}
         for key, raw in attrs_raw.items():
             if key not in block.args:
                 raise SpecError(f"block {block.name!r} has no argument {key!r}", location=_key_loc(entry, key),
                                 node_path=path, expected="one of " + (", ".join(block.args) or "(no arguments)"),
-                                found=repr(key), hint=did_you_mean(str(key), list(block.args)))
+                                found=shown(key), hint=did_you_mean(str(key), list(block.args)))
             args[key] = self.value(raw, env, f"{path}.{key}", _loc(entry, key), path)
         for name, default in block.args.items():
             if name not in args:
@@ -463,13 +526,18 @@ class Expander:
                     raise SpecError(f"block {block.name!r} needs argument {name!r}", location=entry.loc,
                                     node_path=path, expected=f"{name}: VALUE", found="nothing")
                 args[name] = self.value(default, {**self.params_env, **args},
-                                        f"{path}.{name}", block.raw.loc_of("args"), path)
+                                        f"{path}.{name}", block.arg_locs.get(name, block.loc), path)
         if len(inputs) != len(block.inputs):
-            raise SpecError(f"block {block.name!r} takes {len(block.inputs)} input(s)", location=entry.loc,
+            raise SpecError(f"block {block.name!r} takes {len(block.inputs)} input(s)",
+                            location=_loc(entry, "in") if "in" in entry else entry.loc,
                             node_path=path, expected=f"{len(block.inputs)} input(s): " + ", ".join(block.inputs),
-                            found=f"{len(inputs)}")
+                            found=f"{len(inputs)}", hint=next((
+                                f"a reference to every output of {v.node!r} counts as one block input; "
+                                f"name them: {v.node}:0, {v.node}:1, ..." for v in inputs if v.index == ALL_OUTPUTS
+                                and v.node in self.nodes), None))
         inner = Scope(path, {**self.params_env, **args},
-                      {name: [v] for name, v in zip(block.inputs, inputs)}, blocks=(*scope.blocks, block.name))
+                      {name: [v] for name, v in zip(block.inputs, inputs)}, blocks=(*scope.blocks, block.name),
+                      block_root=scope.block_root or path)
         last = self.expand_nodes(block.nodes, inner)
         if block.outputs is None:
             return last

@@ -39,14 +39,15 @@ def structured_document(doc: Document, params: Mapping[str, Any]) -> dict[str, A
     if doc.blocks:
         out["blocks"] = {name: plain(block.raw) for name, block in doc.blocks.items()}
         # keep the conventional order: blocks before the graph
-        out = {k: out[k] for k in sorted(out, key=_section_rank)}
+        out = {k: out[k] for k in sorted(out, key=section_rank)}
     return out
 
 
-_ORDER = ("nasforge", "name", "doc", "paper", "params", "inputs", "blocks", "graph", "outputs")
+_ORDER = ("nasforge", "name", "doc", "paper", "params", "variants", "inputs", "blocks", "graph", "outputs")
 
 
-def _section_rank(key: str) -> int:
+def section_rank(key: str) -> int:
+    """Position of a top-level key in the conventional order of a written spec."""
     return _ORDER.index(key) if key in _ORDER else len(_ORDER)
 
 
@@ -99,8 +100,17 @@ def _represent_dict(dumper: yaml.SafeDumper, data: dict) -> yaml.Node:
     return dumper.represent_mapping("tag:yaml.org,2002:map", data.items(), flow_style=flow)
 
 
+class _Section(dict):
+    """A one-key ``{section: value}`` wrapper, always written in block style (``outputs: [a, b]``)."""
+
+
+def _represent_section(dumper: yaml.SafeDumper, data: _Section) -> yaml.Node:
+    return dumper.represent_mapping("tag:yaml.org,2002:map", data.items(), flow_style=False)
+
+
 _SpecDumper.add_representer(list, _represent_list)
 _SpecDumper.add_representer(dict, _represent_dict)
+_SpecDumper.add_representer(_Section, _represent_section)
 
 
 def document_to_yaml(data: Mapping[str, Any]) -> str:
@@ -108,7 +118,7 @@ def document_to_yaml(data: Mapping[str, Any]) -> str:
     lines = []
     for key, value in data.items():
         if isinstance(value, (dict, list)) and value:
-            body = yaml.dump({key: value}, Dumper=_SpecDumper, sort_keys=False, width=110,
+            body = yaml.dump(_Section({key: value}), Dumper=_SpecDumper, sort_keys=False, width=110,
                              default_flow_style=False, allow_unicode=True)
             if key in ("paper", "params", "inputs", "outputs") and isinstance(value, dict):
                 body = yaml.dump({key: value}, Dumper=yaml.SafeDumper, sort_keys=False, width=110,
