@@ -4,7 +4,7 @@ Write a network (or a space of networks) as a YAML graph of primitive ops; nasfo
 parameters and FLOPs, and builds it as a ``torch.fx.GraphModule``::
 
     import nasforge
-    spec = nasforge.load("specs/models/resnet18.yaml")
+    spec = nasforge.load("specs/models/resnet.yaml")
     print(spec.check().totals)
     gm = spec.build()
 """

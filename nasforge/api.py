@@ -1,7 +1,7 @@
 """The Python API: ``nasforge.load(path, **overrides)`` returns a :class:`Spec`.
 
 >>> import nasforge
->>> spec = nasforge.load("specs/models/resnet18.yaml", num_classes=10)   # doctest: +SKIP
+>>> spec = nasforge.load("specs/models/resnet.yaml", num_classes=10)   # doctest: +SKIP
 >>> spec.check().totals.params                                            # doctest: +SKIP
 11181642
 >>> gm = spec.build()          # a torch.fx.GraphModule                      # doctest: +SKIP
@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from torch import fx
 
@@ -22,7 +22,8 @@ from nasforge.compiler.infer import infer_types
 from nasforge.compiler.ir import ChoicePoint, Graph
 from nasforge.dsl.document import Document, load_document
 from nasforge.dsl.expand import Expander
-from nasforge.dsl.serialize import graph_to_document, document_to_yaml, structured_document
+from nasforge.dsl.serialize import document_to_yaml, graph_to_document, section_rank, structured_document
+from nasforge.dsl.variants import Variant, select_variant, variants
 
 
 @dataclass
@@ -58,14 +59,20 @@ class Spec:
     """A loaded spec with its parameter overrides and choice assignment; everything else is derived."""
 
     def __init__(self, document: Document, overrides: Mapping[str, Any] | None = None,
-                 assignment: Mapping[str, Any] | None = None) -> None:
+                 assignment: Mapping[str, Any] | None = None, variant: Variant | None = None) -> None:
         self.document = document
         self.overrides = dict(overrides or {})
         self.assignment = dict(assignment or {})
+        self.variant = variant
 
     @property
     def name(self) -> str:
-        return self.document.name
+        return self.variant.name if self.variant else self.document.name
+
+    @property
+    def variants(self) -> list[str]:
+        """Names of the family members the spec defines (``variants:``), for ``load(..., variant=NAME)``."""
+        return list(variants(self.document))
 
     @property
     def paper(self) -> dict[str, Any]:
@@ -74,7 +81,13 @@ class Spec:
     @cached_property
     def graph(self) -> Graph:
         """The expanded, type-checked IR (raises SpecError on the first mistake)."""
-        return infer_types(Expander(self.document, self.overrides, self.assignment).expand())
+        overrides = {**(self.variant.overrides if self.variant else {}), **self.overrides}
+        graph = Expander(self.document, overrides, self.assignment).expand()
+        if self.variant:
+            graph.name = self.variant.name
+            graph.meta["paper"] = {**(graph.meta.get("paper") or {}), **self.variant.paper}
+            graph.meta["variant"] = self.variant.name
+        return infer_types(graph)
 
     @property
     def choices(self) -> list[ChoicePoint]:
@@ -82,17 +95,25 @@ class Spec:
 
     def with_choices(self, assignment: Mapping[str, Any]) -> "Spec":
         """The same space with some choice points decided (labels as in :attr:`choices`)."""
-        return Spec(self.document, self.overrides, {**self.assignment, **assignment})
+        return Spec(self.document, self.overrides, {**self.assignment, **assignment}, self.variant)
 
     def check(self, bindings: Mapping[str, int] | None = None) -> CheckReport:
         graph = self.graph
         return CheckReport(graph, totals(graph, bindings), list(graph.warnings))
 
-    def summary(self, depth: int | None = None, bindings: Mapping[str, int] | None = None) -> Summary:
-        """Per-node costs; with ``depth`` N, nodes are folded into their path prefix of N parts."""
+    def summary(self, depth: int | None = None, bindings: Mapping[str, int] | None = None,
+                fold_blocks: bool = False) -> Summary:
+        """Per-node costs. ``depth`` N folds nodes into their path prefix of N parts; ``fold_blocks``
+        folds each top-level block instance (``layer1.0``, ``stem``) into one row."""
         costs = node_costs(self.graph, bindings)
         total = totals(self.graph, bindings, costs)
-        rows = fold_rows(self.graph, costs, depth) if depth else costs
+        if depth:
+            rows = fold_rows(costs, lambda path: ".".join(path.split(".")[:depth]))
+        elif fold_blocks:
+            blocks = {node.path: node.block or node.path for node in self.graph}
+            rows = fold_rows(costs, blocks.__getitem__)
+        else:
+            rows = costs
         return Summary(rows, total, self.graph)
 
     def build(self) -> fx.GraphModule:
@@ -108,15 +129,20 @@ class Spec:
         """
         if self.graph.choices:
             return document_to_yaml(graph_to_document(self.graph))
-        return document_to_yaml(structured_document(self.document, self.graph.meta["params"]))
+        data = structured_document(self.document, self.graph.meta["params"])
+        if self.variant:  # the chosen family member, standing alone
+            data.pop("variants", None)
+            data["name"] = self.graph.name
+            data["paper"] = self.graph.meta["paper"]
+            data = {k: data[k] for k in sorted(data, key=section_rank)}
+        return document_to_yaml(data)
 
 
-def fold_rows(graph: Graph, costs: list[NodeCost], depth: int) -> list[NodeCost]:
-    """Merge rows sharing the first ``depth`` path components (``stages.2.block.5.dw`` -> ``stages.2``)."""
+def fold_rows(costs: list[NodeCost], key_of: Callable[[str], str]) -> list[NodeCost]:
+    """Merge rows whose node paths map to the same key (``stages.2.block.5.dw`` -> ``stages.2``)."""
     folded: dict[str, list[NodeCost]] = {}
     for c in costs:
-        key = ".".join(c.path.split(".")[:depth])
-        folded.setdefault(key, []).append(c)
+        folded.setdefault(key_of(c.path), []).append(c)
     rows = []
     for key, group in folded.items():
         if len(group) == 1 and group[0].path == key:
@@ -128,11 +154,15 @@ def fold_rows(graph: Graph, costs: list[NodeCost], depth: int) -> list[NodeCost]
     return rows
 
 
-def load(path: str | Path, **overrides: Any) -> Spec:
-    """Load a spec file; keyword arguments override its declared ``params``."""
-    return Spec(load_document(path), overrides)
+def load(path: str | Path, variant: str | None = None, **overrides: Any) -> Spec:
+    """Load a spec file; ``variant`` picks a family member, keyword arguments override ``params``."""
+    return _spec(load_document(path), variant, overrides)
 
 
-def loads(text: str, name: str = "<spec>", **overrides: Any) -> Spec:
+def loads(text: str, name: str = "<spec>", variant: str | None = None, **overrides: Any) -> Spec:
     """Load a spec from YAML text (imports resolve relative to the current directory)."""
-    return Spec(load_document(name, text=text), overrides)
+    return _spec(load_document(name, text=text), variant, overrides)
+
+
+def _spec(document: Document, variant: str | None, overrides: Mapping[str, Any]) -> Spec:
+    return Spec(document, overrides, variant=select_variant(document, variant) if variant else None)

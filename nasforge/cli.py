@@ -20,10 +20,10 @@ EXIT_OK, EXIT_SPEC_ERROR, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
 
 EPILOG = """\
 examples:
-  nasforge check specs/models/resnet18.yaml
-  nasforge check specs/models/resnet18.yaml --set num_classes=10 --set depths=[2,2,2,2]
-  nasforge show  specs/models/vit_tiny.yaml --depth 2
-  nasforge show  specs/models/resnet18.yaml --json > resnet18.json
+  nasforge check specs/models/resnet.yaml
+  nasforge check specs/models/resnet.yaml --set num_classes=10 --set depths=[2,2,2,2]
+  nasforge show  specs/models/vit.yaml --depth 2
+  nasforge show  specs/models/resnet.yaml --json > resnet18.json
   nasforge graph specs/models/lenet5.yaml -o lenet5.svg
   nasforge ops conv2d
 
@@ -37,6 +37,13 @@ def human(n: float, unit: str = "") -> str:
         if abs(n) >= div:
             return f"{n / div:.2f}{suffix}{unit}"
     return f"{int(n)}{unit}"
+
+
+def escape(text: str) -> str:
+    """Spec text for rich: brackets in names and shapes (``[b, 3]``) are shown, not read as markup."""
+    from rich.markup import escape as rich_escape
+
+    return rich_escape(text)
 
 
 def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
@@ -57,7 +64,7 @@ def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
 def _load(args: argparse.Namespace):
     import nasforge
 
-    return nasforge.load(args.spec, **parse_overrides(args.set or []))
+    return nasforge.load(args.spec, variant=args.variant, **parse_overrides(args.set or []))
 
 
 def _bindings(args: argparse.Namespace) -> dict[str, int]:
@@ -88,18 +95,19 @@ def cmd_check(args: argparse.Namespace) -> int:
         return EXIT_OK
     con = _console()
     outs = ", ".join(f"{k} {graph.type_of(v)}" for k, v in graph.outputs.items())
-    con.print(f"[green]ok[/green] {graph.name}: {len(graph.nodes)} nodes, {t.params:,} params, "
-              f"{human(t.macs)} MACs ({human(t.flops)} FLOPs) per sample; outputs {outs}")
+    # spec text (names, shapes like [b, 3], file names) is printed as is, never read as rich markup
+    con.print(f"[green]ok[/green] {escape(graph.name)}: {len(graph.nodes)} nodes, {t.params:,} params, "
+              f"{human(t.macs)} MACs ({human(t.flops)} FLOPs) per sample; outputs {escape(outs)}")
     if graph.choices:
         con.print(f"   a search space: {len(graph.choices)} choice point(s), checked at their defaults")
     for w in report.warnings:
-        con.print(f"[yellow]warning[/yellow] {w}")
+        con.print(f"[yellow]warning[/yellow] {escape(w)}")
     return EXIT_OK
 
 
 def cmd_show(args: argparse.Namespace) -> int:
     spec = _load(args)
-    summary = spec.summary(depth=args.depth, bindings=_bindings(args))
+    summary = spec.summary(depth=args.depth or None, bindings=_bindings(args), fold_blocks=args.depth is None)
     if args.json:
         print(json.dumps(summary.as_dict(), indent=2, default=str))
         return EXIT_OK
@@ -107,12 +115,12 @@ def cmd_show(args: argparse.Namespace) -> int:
 
     t = summary.totals
     graph = summary.graph
-    table = Table(title=f"{graph.name}  (batch {args.batch})", title_justify="left")
+    table = Table(title=escape(f"{graph.name}  (batch {args.batch})"), title_justify="left")
     for col, justify in (("node", "left"), ("op", "left"), ("output", "left"), ("params", "right"),
                          ("MACs", "right")):
         table.add_column(col, justify=justify)  # type: ignore[arg-type]
     for row in summary.rows:
-        table.add_row(row.path, row.op, row.output, f"{row.params:,}", human(row.macs))
+        table.add_row(escape(row.path), row.op, escape(row.output), f"{row.params:,}", human(row.macs))
     table.add_section()
     table.add_row("total", "", "", f"{t.params:,}", human(t.macs))
     con = _console()
@@ -121,10 +129,10 @@ def cmd_show(args: argparse.Namespace) -> int:
               f"(all outputs), peak {human(t.peak_bytes, 'B')} (inference, live tensors)")
     paper = graph.meta.get("paper") or {}
     if paper:
-        con.print(f"paper: {paper.get('title', '?')}"
-                  + "".join(f", {paper[k]}" for k in ("venue", "year") if k in paper))
+        con.print(escape(f"paper: {paper.get('title', '?')}"
+                         + "".join(f", {paper[k]}" for k in ("venue", "year") if k in paper)))
         for line in paper_comparison(paper, t):
-            con.print("  " + line)
+            con.print("  " + escape(line))
     return EXIT_OK
 
 
@@ -150,7 +158,7 @@ def cmd_graph(args: argparse.Namespace) -> int:
         if out is None:
             print(dot)
         else:
-            out.write_text(dot)
+            _write(out, dot)
         return EXIT_OK
     fmt = out.suffix.lstrip(".")
     if fmt not in ("svg", "png", "pdf"):
@@ -158,7 +166,7 @@ def cmd_graph(args: argparse.Namespace) -> int:
                         expected=".svg, .png, .pdf or .dot", found=out.suffix or "(none)")
     if shutil.which("dot") is None:
         fallback = out.with_suffix(".dot")
-        fallback.write_text(dot)
+        _write(fallback, dot)
         print(f"graphviz 'dot' is not installed; wrote DOT to {fallback} "
               f"(apt-get install graphviz to render {fmt})", file=sys.stderr)
         return EXIT_OK
@@ -168,6 +176,15 @@ def cmd_graph(args: argparse.Namespace) -> int:
         return EXIT_INTERNAL
     print(f"wrote {out}")
     return EXIT_OK
+
+
+def _write(path: Path, text: str) -> None:
+    """Write an output file; a path that cannot be written is the user's mistake, not a crash."""
+    try:
+        path.write_text(text, encoding="utf-8")
+    except OSError as err:
+        raise SpecError(f"cannot write {path}: {err.strerror or err}", location=Location(str(path)),
+                        expected="a writable file path", found=type(err).__name__) from None
 
 
 def cmd_ops(args: argparse.Namespace) -> int:
@@ -205,6 +222,36 @@ def cmd_ops(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_zoo(args: argparse.Namespace) -> int:
+    from nasforge.zoo import collect, to_markdown
+
+    directory = Path(args.directory)
+    if not directory.is_dir():
+        raise SpecError(f"not a directory: {directory}", location=Location(str(directory)),
+                        expected="a folder of spec files, e.g. specs/models", found="no such folder")
+    entries = collect(directory)
+    if args.json:
+        text = json.dumps([e.as_dict() for e in entries], indent=2, default=str) + "\n"
+    elif args.markdown:
+        text = to_markdown(entries)
+    else:
+        from rich.table import Table
+
+        table = Table(title=f"{len(entries)} models in {directory}", title_justify="left")
+        for col in ("model", "spec", "params", "published", "MACs", "published"):
+            table.add_column(col, justify="left" if col in ("model", "spec") else "right")
+        for e in entries:
+            table.add_row(e.name, e.spec, f"{e.params:,}", f"{e.paper_params:,}" if e.paper_params else "",
+                          human(e.macs), human(e.paper_macs) if e.paper_macs else "")
+        _console().print(table)
+        return EXIT_OK
+    if args.output:
+        _write(Path(args.output), text)
+    else:
+        sys.stdout.write(text)
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nasforge",
@@ -222,6 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("spec", help="path to a spec YAML file")
         p.add_argument("--set", action="append", metavar="NAME=VALUE",
                        help="override a declared parameter (YAML value), e.g. --set depths=[2,2,6,2]; repeatable")
+        p.add_argument("--variant", metavar="NAME",
+                       help="a family member the spec names under 'variants:' (e.g. resnet50)")
         p.add_argument("--batch", type=int, default=1, metavar="N",
                        help="value of the batch symbol B for counts (default 1: per-sample numbers)")
         return p
@@ -236,8 +285,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = spec_command("show", "print the layer table (node path, op, output shape, params, MACs)",
                      "Print every node with its output shape, parameters and MACs, then totals.\n"
-                     "--depth N folds nodes into their first N path components (stages.2.block -> stages).")
-    p.add_argument("--depth", type=int, metavar="N", help="fold nodes into blocks of path depth N")
+                     "By default each block instance is one row (layer1.0, blocks.3); --depth N folds nodes\n"
+                     "into their first N path components instead (stages.2.block -> stages), --depth 0 lists\n"
+                     "every node.")
+    p.add_argument("--depth", type=int, metavar="N",
+                   help="fold nodes at path depth N (0: every node; default: one row per block instance)")
     p.add_argument("--json", action="store_true", help="machine-readable table")
     p.set_defaults(func=cmd_show)
 
@@ -246,6 +298,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", metavar="FILE", help="output file (.svg, .png, .pdf, .dot); stdout if absent")
     p.add_argument("--depth", type=int, metavar="N", help="draw blocks folded at path depth N")
     p.set_defaults(func=cmd_graph)
+
+    p = sub.add_parser("zoo", help="the model zoo: every spec and variant with counted vs published numbers",
+                       description="Check every spec in a folder (default specs/models) and each of its variants, "
+                                   "and list params and MACs next to the paper's published figures.")
+    p.add_argument("directory", nargs="?", default="specs/models", help="folder of spec files")
+    p.add_argument("--markdown", action="store_true", help="a markdown table (docs/model-zoo.md)")
+    p.add_argument("--json", action="store_true", help="machine-readable entries")
+    p.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of stdout")
+    p.set_defaults(func=cmd_zoo)
 
     p = sub.add_parser("ops", help="list the op vocabulary, or describe one op",
                        description="List every registered op with its attributes, or show one op's documentation.")
@@ -264,8 +325,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     if getattr(args, "batch", 1) < 1:
         parser.error("--batch must be >= 1")
-    if getattr(args, "depth", None) is not None and args.depth < 1:
-        parser.error("--depth must be >= 1")
+    if getattr(args, "depth", None) is not None and args.depth < 0:
+        parser.error("--depth must be >= 0")
     try:
         return args.func(args)
     except SpecError as err:
