@@ -4,13 +4,14 @@ Every ``specs/models/*.yaml`` (globbed, so a new spec is covered the day it land
 without warnings, build, run a batch of 2, pass ``torch.export`` with a dynamic batch, round-trip through
 ``to_yaml``, and match its ``paper:`` metadata: the parameter count exactly, MACs within 1%. Parameters
 and MACs are also counted independently of nasforge's analysis (``numel`` over the built module, torch's
-``FlopCounterMode``). The per-model tests below pin the family variants and, for ResNet and ViT, compare
-the built network numerically with small independent PyTorch implementations of torchvision's ResNet and
-timm's VisionTransformer.
+``FlopCounterMode``). The per-model tests below pin the family variants and, for ViT, compare the built
+network numerically with a small independent PyTorch implementation of timm's VisionTransformer. Family
+tests live beside this file (test_resnet_family.py: ResNet, ResNeXt, Wide ResNet, SE-ResNet).
 """
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import pytest
@@ -23,12 +24,12 @@ import nasforge
 from nasforge.cli import main as cli_main
 from nasforge.compiler.fx_builder import example_inputs
 from nasforge.dsl.document import load_document
+from nasforge.dsl.variants import variants
 
 ROOT = Path(__file__).resolve().parents[2]
 MODELS = sorted((ROOT / "specs" / "models").glob("*.yaml"))
 BLOCK_FILES = sorted((ROOT / "specs" / "blocks").glob("*.yaml"))
-RESNET = ROOT / "specs" / "models" / "resnet18.yaml"
-VIT = ROOT / "specs" / "models" / "vit_tiny.yaml"
+VIT = ROOT / "specs" / "models" / "vit.yaml"
 LENET = ROOT / "specs" / "models" / "lenet5.yaml"
 MLP = ROOT / "specs" / "models" / "mlp.yaml"
 
@@ -37,6 +38,31 @@ PAPER_KEYS = ("title", "authors", "year", "venue", "url", "params", "notes")
 
 def by_name(paths: list[Path]) -> dict:
     return {"argvalues": paths, "ids": [p.stem for p in paths]}
+
+
+def family_members() -> list[tuple[Path, str | None]]:
+    """Every spec at its defaults and every variant it names: each is held to its own paper numbers."""
+    return [(path, name) for path in MODELS for name in (None, *variants(load_document(path)))]
+
+
+MEMBERS = family_members()
+MEMBER_IDS = [f"{p.stem}:{v}" if v else p.stem for p, v in MEMBERS]
+BIG = 50_000_000
+"""Networks above this many parameters export in the slow set (tens of seconds each on 2 cores)."""
+
+
+@functools.lru_cache(maxsize=None)
+def member(path: Path, variant: str | None):
+    """Loaded and checked once per test session (specs are immutable; tests build fresh modules)."""
+    spec = nasforge.load(path, variant=variant)
+    spec.check()
+    return spec
+
+
+def export_params(paths: list[Path]) -> list:
+    """Spec paths for the export test, the big ones marked slow."""
+    return [pytest.param(p, id=p.stem, marks=[pytest.mark.slow] if member(p, None).check().totals.params > BIG
+                         else []) for p in paths]
 
 
 def _shape(spec, path: str) -> tuple[int, ...]:
@@ -49,7 +75,7 @@ def params_of(module: nn.Module) -> int:
 
 
 def test_specs_exist():
-    assert {"mlp", "lenet5", "resnet18", "vit_tiny"} <= {p.stem for p in MODELS}
+    assert {"mlp", "lenet5", "resnet", "vit"} <= {p.stem for p in MODELS}
     assert {"resnet", "transformer"} <= {p.stem for p in BLOCK_FILES}
 
 
@@ -73,22 +99,23 @@ def test_spec_metadata(path: Path):
     assert raw.get("params"), "a model spec exposes its family's variants as params"
 
 
-@pytest.mark.parametrize("path", **by_name(MODELS))
-def test_spec_checks_cleanly(path: Path):
-    report = nasforge.load(path).check()
+@pytest.mark.parametrize("path,variant", MEMBERS, ids=MEMBER_IDS)
+def test_spec_checks_cleanly(path: Path, variant: str | None):
+    report = member(path, variant).check()
     assert report.warnings == []
     assert report.totals.params > 0 and report.totals.macs > 0
 
 
-@pytest.mark.parametrize("path", **by_name(MODELS))
-def test_params_match_paper(path: Path):
-    spec = nasforge.load(path)
+@pytest.mark.parametrize("path,variant", MEMBERS, ids=MEMBER_IDS)
+def test_params_match_paper(path: Path, variant: str | None):
+    spec = member(path, variant)
+    assert isinstance(spec.paper.get("params"), int), "every family member records its published params"
     assert spec.check().totals.params == spec.paper["params"]
 
 
-@pytest.mark.parametrize("path", **by_name(MODELS))
-def test_macs_match_paper(path: Path):
-    spec = nasforge.load(path)
+@pytest.mark.parametrize("path,variant", MEMBERS, ids=MEMBER_IDS)
+def test_macs_match_paper(path: Path, variant: str | None):
+    spec = member(path, variant)
     if "macs" not in spec.paper:
         pytest.skip("the paper quotes no MACs / FLOPs")
     macs, published = spec.check().totals.macs, spec.paper["macs"]
@@ -123,9 +150,9 @@ def test_built_module_counts_agree_with_analysis(path: Path):
     assert counter.get_total_flops() == 2 * totals.macs
 
 
-@pytest.mark.parametrize("path", **by_name(MODELS))
+@pytest.mark.parametrize("path", export_params(MODELS))
 def test_exports_with_dynamic_batch(path: Path):
-    """Full-size torch.export of every model (each takes well under a second on the CPU)."""
+    """Full-size torch.export of every model with a dynamic batch, checked against the module."""
     spec = nasforge.load(path)
     gm = spec.build()
     inputs = example_inputs(spec.graph, batch=2)
@@ -202,71 +229,7 @@ def test_lenet5_activation_and_pooling_are_parameters():
     assert (modern.check().totals.params, modern.check().totals.macs) == (base.params, base.macs)
 
 
-# -- ResNet --------------------------------------------------------------------------------------------
-
-class _Basic(nn.Module):
-    """torchvision's BasicBlock, written out independently (same attribute names)."""
-
-    expansion = 1
-
-    def __init__(self, cin: int, planes: int, stride: int) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, planes, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.downsample = (nn.Sequential(nn.Conv2d(cin, planes, 1, stride, bias=False), nn.BatchNorm2d(planes))
-                           if stride != 1 or cin != planes else None)
-
-    def forward(self, x):
-        shortcut = x if self.downsample is None else self.downsample(x)
-        return torch.relu(self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x))))) + shortcut)
-
-
-class _Bottleneck(nn.Module):
-    """torchvision's Bottleneck (v1.5: stride on the 3x3), written out independently."""
-
-    expansion = 4
-
-    def __init__(self, cin: int, planes: int, stride: int) -> None:
-        super().__init__()
-        out = planes * 4
-        self.conv1 = nn.Conv2d(cin, planes, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.conv3 = nn.Conv2d(planes, out, 1, bias=False)
-        self.bn3 = nn.BatchNorm2d(out)
-        self.downsample = (nn.Sequential(nn.Conv2d(cin, out, 1, stride, bias=False), nn.BatchNorm2d(out))
-                           if stride != 1 or cin != out else None)
-
-    def forward(self, x):
-        shortcut = x if self.downsample is None else self.downsample(x)
-        y = torch.relu(self.bn1(self.conv1(x)))
-        y = torch.relu(self.bn2(self.conv2(y)))
-        return torch.relu(self.bn3(self.conv3(y)) + shortcut)
-
-
-class _ReferenceResNet(nn.Module):
-    def __init__(self, block: type, depths: list[int], num_classes: int = 1000) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
-        self.maxpool = nn.MaxPool2d(3, 2, 1)
-        cin = 64
-        for s, (n, planes) in enumerate(zip(depths, (64, 128, 256, 512))):
-            blocks = []
-            for i in range(n):
-                blocks.append(block(cin, planes, 2 if i == 0 and s > 0 else 1))
-                cin = planes * block.expansion
-            self.add_module(f"layer{s + 1}", nn.Sequential(*blocks))
-        self.fc = nn.Linear(cin, num_classes)
-
-    def forward(self, x):
-        x = self.maxpool(torch.relu(self.bn1(self.conv1(x))))
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        return self.fc(x.mean((2, 3)))
-
+# -- shared -----------------------------------------------------------------------------------------
 
 def _randomize(module: nn.Module, seed: int = 0) -> dict[str, torch.Tensor]:
     """A state_dict with random weights and BN statistics (so BN is not the identity)."""
@@ -280,96 +243,6 @@ def _randomize(module: nn.Module, seed: int = 0) -> dict[str, torch.Tensor]:
         else:
             state[key] = 0.05 * torch.randn(value.shape, generator=gen)
     return state
-
-
-def test_resnet18_hand_count_per_stage():
-    spec = nasforge.load(RESNET)
-    rows = {r.path: (r.params, r.macs) for r in spec.summary(depth=1).rows}
-    # stem: 3*64*7*7 conv + 2*64 BN; MACs 112*112*64*(3*7*7)
-    assert rows["conv1"] == (9_408, 118_013_952)
-    assert rows["bn1"][0] == 128
-    # layer1: 2 blocks x (2 x 64*64*9 + 2 x 2*64); MACs 4 x 56*56*64*(64*9)
-    assert rows["layer1"] == (147_968, 462_422_016)
-    # layer2: block 0 = 64*128*9 + 128*128*9 + 2*256 + shortcut 64*128 + 256; block 1 = 2 x 128*128*9 + 2*256
-    assert rows["layer2"][0] == (73_728 + 147_456 + 512 + 8_192 + 256) + (2 * 147_456 + 512) == 525_568
-    assert rows["layer3"][0] == (294_912 + 589_824 + 1_024 + 32_768 + 512) + (2 * 589_824 + 1_024) == 2_099_712
-    layer4 = (1_179_648 + 2_359_296 + 2_048 + 131_072 + 1_024) + (2 * 2_359_296 + 2_048)
-    assert rows["layer4"][0] == layer4 == 8_393_728
-    # 28*28*128*(64*9) + 3 x 28*28*128*(128*9) + 28*28*128*64: the same for layers 2-4
-    assert rows["layer2"][1] == rows["layer3"][1] == rows["layer4"][1] == 411_041_792
-    assert rows["fc"] == (513_000, 512_000)
-    totals = spec.check().totals
-    assert totals.params == 11_689_512
-    assert totals.macs == 118_013_952 + 462_422_016 + 3 * 411_041_792 + 512_000 == 1_814_073_344
-    assert params_of(spec.build()) == 11_689_512
-
-
-@pytest.mark.parametrize("overrides, params, macs", [
-    pytest.param({"depths": [3, 4, 6, 3]}, 21_797_672, 3.664e9, id="resnet34"),
-    pytest.param({"depths": [3, 4, 6, 3], "block": "bottleneck"}, 25_557_032, 4.089e9, id="resnet50"),
-    pytest.param({"depths": [3, 4, 23, 3], "block": "bottleneck"}, 44_549_160, 7.801e9, id="resnet101"),
-    pytest.param({"num_classes": 10}, 11_181_642, 1.814e9, id="resnet18-10-classes"),
-])
-def test_resnet_family_variants(overrides, params, macs):
-    """torchvision's num_params and _ops (GMACs) for each variant."""
-    totals = nasforge.load(RESNET, **overrides).check().totals
-    assert totals.params == params
-    assert abs(totals.macs - macs) <= 0.01 * macs
-
-
-@pytest.mark.parametrize("overrides, block, depths", [
-    pytest.param({}, _Basic, [2, 2, 2, 2], id="resnet18"),
-    pytest.param({"depths": [3, 4, 6, 3], "image_size": 64}, _Basic, [3, 4, 6, 3], id="resnet34"),
-    pytest.param({"depths": [3, 4, 6, 3], "block": "bottleneck", "image_size": 64}, _Bottleneck, [3, 4, 6, 3],
-                 id="resnet50", marks=pytest.mark.slow),
-])
-def test_resnet_equals_an_independent_torchvision_layout(overrides, block, depths):
-    """Same state_dict keys and shapes as torchvision, and the same outputs with the same weights."""
-    gm = nasforge.load(RESNET, **overrides).build()
-    ref = _ReferenceResNet(block, depths).eval()
-    assert [(k, v.shape) for k, v in gm.state_dict().items()] == [(k, v.shape) for k, v in ref.state_dict().items()]
-    state = _randomize(ref)
-    ref.load_state_dict(state)
-    gm.load_state_dict(state)
-    x = torch.randn(2, 3, overrides.get("image_size", 224), overrides.get("image_size", 224),
-                    generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        torch.testing.assert_close(gm(x), ref(x))
-
-
-def test_resnet_stochastic_depth_rates():
-    rate = 0.1
-    spec = nasforge.load(RESNET, drop_path_rate=rate, depths=[2, 2, 2, 2])
-    nodes = spec.graph.nodes
-    blocks = [f"layer{s + 1}.{i}" for s in range(4) for i in range(2)]
-    # block k of 8 drops its residual branch with p = rate * k / 7; block 0 (p = 0) has no drop_path node
-    assert f"{blocks[0]}.drop_path" not in nodes
-    for k, block in enumerate(blocks[1:], start=1):
-        assert nodes[f"{block}.drop_path"].attrs["p"] == pytest.approx(rate * k / 7)
-    assert nodes["layer4.1.drop_path"].attrs["p"] == pytest.approx(rate)
-    # stochastic depth adds no parameters and, in eval mode, changes nothing
-    plain = nasforge.load(RESNET).build()
-    with_dp = spec.build()
-    assert params_of(with_dp) == params_of(plain)
-    with_dp.load_state_dict(plain.state_dict())
-    x = torch.randn(2, 3, 64, 64)
-    with torch.no_grad():
-        torch.testing.assert_close(with_dp(x), plain(x))
-    # ResNet-50 depths: 16 blocks, the last at the full rate
-    deep = nasforge.load(RESNET, drop_path_rate=0.2, depths=[3, 4, 6, 3], block="bottleneck").graph.nodes
-    assert deep["layer2.0.drop_path"].attrs["p"] == pytest.approx(0.2 * 3 / 15)
-    assert deep["layer4.2.drop_path"].attrs["p"] == pytest.approx(0.2)
-
-
-def test_show_prints_the_resnet18_table(capsys):
-    assert cli_main(["show", str(RESNET)]) == 0
-    out = capsys.readouterr().out
-    for text in ("resnet18", "conv1", "layer1.0.conv1", "layer2.0.downsample.0", "layer4.1.bn2", "fc",
-                 "[B, 64, 112, 112]", "[B, 512, 7, 7]", "[B, 1000]", "11,689,512", "1.81G", "118.01M"):
-        assert text in out, text
-    assert cli_main(["show", str(RESNET), "--depth", "1"]) == 0
-    folded = capsys.readouterr().out
-    assert "layer3" in folded and "2,099,712" in folded and "layer3.0.conv1" not in folded
 
 
 # -- ViT -----------------------------------------------------------------------------------------------
