@@ -59,7 +59,7 @@ def build_graph_module(graph: Graph) -> fx.GraphModule:
             out = fxg.create_node("call_module", node.path, tuple(args), {}, name=fx_name(node.path))
         out.meta["nasforge_path"] = node.path
         out.meta["nasforge_op"] = node.op
-        if len(node.outputs) == 1:
+        if len(node.outputs) == 1 and not op.returns_sequence:
             values[Value(node.path)] = out
             out.meta["nasforge_type"] = node.outputs[0]
         else:

@@ -16,9 +16,9 @@ from typing import Any
 from nasforge.dsl.yaml_loader import LocDict, LocList, kind_of, load_yaml_file, load_yaml_text, shown
 from nasforge.errors import Location, SpecError, did_you_mean
 
-TOP_LEVEL_KEYS = ("nasforge", "name", "doc", "paper", "params", "variants", "imports", "inputs", "blocks",
-                  "graph", "outputs")
-BLOCK_KEYS = ("doc", "args", "inputs", "nodes", "outputs")
+TOP_LEVEL_KEYS = ("nasforge", "name", "doc", "paper", "params", "let", "variants", "imports", "inputs",
+                  "blocks", "graph", "outputs")
+BLOCK_KEYS = ("doc", "args", "let", "inputs", "nodes", "outputs")
 NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 REQUIRED_ARG = object()
 """Default of a block argument that callers must pass."""

@@ -78,13 +78,14 @@ class Expander:
 
     # -- entry point --------------------------------------------------------------------------------
     def expand(self) -> Graph:
-        params = self.params_env = self.evaluate_params()
-        inputs, input_locs = self.evaluate_inputs(params)
+        params = self.evaluate_params()
+        self.params_env = self.evaluate_let(self.doc.raw.get("let"), self.doc.raw.loc_of("let"), params, "let")
+        inputs, input_locs = self.evaluate_inputs(self.params_env)
         graph_entries = self.doc.section("graph", list, None)
         if not graph_entries:
             raise SpecError("the spec has no graph", location=self.doc.raw.loc,
                             expected="a non-empty 'graph:' list of nodes", found="nothing")
-        scope = Scope("", params, {name: [Value(name)] for name in inputs})
+        scope = Scope("", self.params_env, {name: [Value(name)] for name in inputs})
         last = self.expand_nodes(graph_entries, scope)
         self.check_paths_do_not_nest()
         outputs = self.evaluate_outputs(scope, last)
@@ -124,6 +125,24 @@ class Expander:
             source = self.overrides.get(key, value)
             loc = raw.loc_of(key) if key not in self.overrides else Location("--set " + key)
             env[key] = self.value(source, env, f"params.{key}", loc, f"params.{key}")
+        return env
+
+    def evaluate_let(self, raw: Any, loc: Location, env: dict[str, Any], label: str) -> dict[str, Any]:
+        """``let:`` names derived values (in order, each seeing the earlier ones); unlike ``params``
+        they cannot be overridden, and they may not shadow a parameter or argument."""
+        if raw is None:
+            return env
+        if not isinstance(raw, dict):
+            raise SpecError("'let' must be a mapping of names to values", location=loc,
+                            expected="{name: value or ${expression}}", found=shown(raw))
+        env = dict(env)
+        for key, value in raw.items():
+            check_name(key, "let", raw.key_locs[key])
+            if key in env:
+                raise SpecError(f"let {key!r} shadows a parameter or argument of the same name",
+                                location=raw.key_locs[key], node_path=label, expected="a new name",
+                                found=shown(key))
+            env[key] = self.value(value, env, f"{label}.{key}", raw.loc_of(key), label)
         return env
 
     def evaluate_inputs(self, env: dict[str, Any]) -> tuple[dict[str, TensorType], dict[str, Location]]:
@@ -321,6 +340,8 @@ class Expander:
         if node_id is None:
             base = kind if isinstance(kind, str) and NAME_RE.match(kind) else "node"
             node_id = f"{base}{index}"
+        elif is_template(node_id):
+            pass  # an id template (``layer${s + 1}``): each instance's id is evaluated in expand_entry
         elif not isinstance(node_id, str) or not ID_RE.match(node_id):
             raise SpecError("invalid node id", location=entry.loc_of("id"), node_path=scope.prefix or None,
                             expected="a name such as conv1 (dots only to spell a full path)", found=shown(node_id))
@@ -422,7 +443,7 @@ class Expander:
             if not cond:
                 return inputs[:1]
         if "repeat" not in entry:
-            return self.expand_one(entry, path, inputs, scope.env, scope)
+            return self.expand_instance(entry, path, inputs, scope.env, scope)
         if "as" in entry:
             check_name(entry["as"], "repeat index", entry.loc_of("as"))
         count = self.value(entry["repeat"], scope.env, path + ".repeat", entry.loc_of("repeat"), path)
@@ -435,9 +456,42 @@ class Expander:
         var = entry.get("as", "i")
         values = inputs
         for k in range(count):
-            env = {**scope.env, var: k}
-            values = self.expand_one(entry, f"{path}.{k}", values, env, scope)
+            values = self.expand_instance(entry, f"{path}.{k}", values, {**scope.env, var: k}, scope)
         return values
+
+    def expand_instance(self, entry: LocDict, path: str, inputs: list[Value], env: dict[str, Any],
+                        scope: Scope) -> list[Value]:
+        """Expand one instance at ``path``, or, for an id template (``id: layer${s + 1}``), at the
+        evaluated id: instances then are siblings (layer1, layer2, ...) that later nodes can name."""
+        raw = entry.get("id")
+        if not is_template(raw):
+            return self.expand_one(entry, path, inputs, env, scope)
+        node_id = self.instance_id(raw, entry, env, scope, path)
+        scope.names[node_id] = values = self.expand_one(entry, scope.path(node_id), inputs, env, scope)
+        return values
+
+    def instance_id(self, raw: str, entry: LocDict, env: dict[str, Any], scope: Scope, path: str) -> str:
+        """Evaluate an id template (each ``${...}`` in it); the result must be a fresh, valid id."""
+        loc = entry.loc_of("id")
+        parts = []
+        for piece in re.split(r"(\$\{[^}]*\})", raw):
+            if piece.startswith("${"):
+                value = self.value(piece, env, path + ".id", loc, scope.prefix or path)
+                parts.append(str(value) if isinstance(value, (int, str)) and not isinstance(value, bool)
+                             else "\0")
+            else:
+                parts.append(piece)
+        node_id = "".join(parts)
+        if not isinstance(node_id, (str, int)) or isinstance(node_id, bool) or not ID_RE.match(str(node_id)):
+            raise SpecError("an id template must give a name", location=entry.loc_of("id"),
+                            node_path=scope.prefix or None, expected="a name such as layer1",
+                            found=shown(node_id))
+        node_id = str(node_id)
+        if node_id in scope.names or node_id in scope.inputs or set(node_id.split(".")) & RESERVED_IDS:
+            raise SpecError(f"id template gives {node_id!r}, which is taken", location=entry.loc_of("id"),
+                            node_path=scope.path(node_id), expected="a new id for every instance",
+                            found=shown(node_id))
+        return node_id
 
     def expand_one(self, entry: LocDict, path: str, inputs: list[Value], env: dict[str, Any],
                    scope: Scope) -> list[Value]:
@@ -535,7 +589,9 @@ class Expander:
                                 f"a reference to every output of {v.node!r} counts as one block input; "
                                 f"name them: {v.node}:0, {v.node}:1, ..." for v in inputs if v.index == ALL_OUTPUTS
                                 and v.node in self.nodes), None))
-        inner = Scope(path, {**self.params_env, **args},
+        env = self.evaluate_let(block.raw.get("let"), block.raw.loc_of("let"), {**self.params_env, **args},
+                                f"{path}.let")
+        inner = Scope(path, env,
                       {name: [v] for name, v in zip(block.inputs, inputs)}, blocks=(*scope.blocks, block.name),
                       block_root=scope.block_root or path)
         last = self.expand_nodes(block.nodes, inner)
@@ -548,6 +604,11 @@ class Expander:
 
 _SCOPE_INPUT = object()
 """Input reference of a scope's first node without ``in``: the scope's first input."""
+
+
+def is_template(value: Any) -> bool:
+    """An id with ``${...}`` in it (``layer${s + 1}``), evaluated per instance."""
+    return isinstance(value, str) and "${" in value
 
 
 def _loc(entry: LocDict, key: str) -> Location:

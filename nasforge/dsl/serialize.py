@@ -43,7 +43,8 @@ def structured_document(doc: Document, params: Mapping[str, Any]) -> dict[str, A
     return out
 
 
-_ORDER = ("nasforge", "name", "doc", "paper", "params", "variants", "inputs", "blocks", "graph", "outputs")
+_ORDER = ("nasforge", "name", "doc", "paper", "params", "let", "variants", "inputs", "blocks", "graph",
+          "outputs")
 
 
 def section_rank(key: str) -> int:

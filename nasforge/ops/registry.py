@@ -178,6 +178,9 @@ class OpDef:
     arity: ClassVar[tuple[int, int | None]] = (1, 1)
     train_only: ClassVar[bool] = False
     """True for ops that are the identity at inference (dropout, drop-path): passes may remove them."""
+    returns_sequence: ClassVar[bool] = False
+    """True where the lowering returns a tuple/list even for one output (``torch.split``), so the fx
+    builder always indexes into it."""
     flop_counted: ClassVar[bool] = False
     """True where torch's FlopCounterMode counts this op, so tests compare our MACs with it."""
     examples: ClassVar[tuple[Example, ...]] = ()

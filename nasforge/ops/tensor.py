@@ -278,6 +278,7 @@ class Split(LayoutOp):
     add up to the axis), as an int the size of every piece (the last may be smaller), as ``torch.split``."""
 
     name = "split"
+    returns_sequence = True
     attrs = (
         Attr("sizes", "int|ints", doc="piece sizes, or one size for all pieces"),
         Attr("axis", "int", 1, "axis to split (default: channels)"),
@@ -312,6 +313,7 @@ class Chunk(LayoutOp):
     smaller), as ``torch.chunk``; sizes where torch would return fewer pieces are an error."""
 
     name = "chunk"
+    returns_sequence = True
     attrs = (
         Attr("chunks", "int", doc="number of outputs"),
         Attr("axis", "int", 1, "axis to split (default: channels)"),

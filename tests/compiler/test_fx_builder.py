@@ -84,3 +84,16 @@ graph:
     torch.testing.assert_close(gm(x), gm.fc(x))
     gm.train()
     assert not torch.allclose(gm(x), gm.fc(x))
+
+
+def test_single_piece_split_is_unwrapped():
+    """torch.split returns a tuple even for one piece; the builder must index into it."""
+    spec = nasforge.loads("""
+inputs: {x: [B, 4, 8]}
+graph:
+  - {id: parts, op: split, sizes: 4}
+  - {id: act, op: relu}
+""")
+    gm = spec.build()
+    x = torch.randn(2, 4, 8)
+    torch.testing.assert_close(gm(x), torch.relu(x))
