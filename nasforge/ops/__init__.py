@@ -5,6 +5,7 @@ from nasforge.ops import (  # noqa: F401  (imported for their registrations)
     attention,
     basic,
     conv,
+    crop,
     elementwise,
     embedding,
     linear,
@@ -14,6 +15,8 @@ from nasforge.ops import (  # noqa: F401  (imported for their registrations)
     regularization,
     resize,
     tensor,
+    window,
+    xca,
 )
 from nasforge.ops.registry import Attr, Call, Example, OpContext, OpDef, all_ops, get_op, register
 
