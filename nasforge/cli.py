@@ -206,9 +206,11 @@ def cmd_ops(args: argparse.Namespace) -> int:
         op = ops[args.name]
         con.print(f"[bold]{op.name}[/bold]  ({op.category}; inputs {op.arity[0]}"
                   f"{'+' if op.arity[1] is None else '' if op.arity[0] == op.arity[1] else '-' + str(op.arity[1])})")
-        con.print((op.__doc__ or "").strip())
+        con.print(escape((op.__doc__ or "").strip()))
         for a in op.attrs:
-            con.print(f"  {a.describe():<48} {a.doc}")
+            con.print(escape(f"  {a.describe():<48} {a.doc}"))
+        for backend, note in op.backend_limits.items():
+            con.print(escape(f"  backend {backend}: {note}"))
         return EXIT_OK
     from rich.table import Table
 

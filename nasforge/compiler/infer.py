@@ -21,7 +21,8 @@ def infer_types(graph: Graph) -> Graph:
             op.check_arity(len(node.inputs))
             outputs = op.infer(context_for(graph, node))
         except SpecError as err:
-            raise err.with_context(node.location, node.path) from None
+            where = node.attr_locations.get("in", node.location) if err.key == "in" else node.location
+            raise err.with_context(where, node.path) from None
         if node.declared_shape is not None:
             check_declared(node, outputs[0])
         node.outputs = outputs
@@ -46,7 +47,7 @@ def resolve_values(graph: Graph, values: list[Value]) -> list[Value]:
             out.extend(Value(v.node, k) for k in range(count))
         elif v.index >= count:
             raise SpecError(f"{v.node!r} has no output {v.index}", expected=f"an output index in 0..{count - 1}",
-                            found=f"{v.node}:{v.index}")
+                            found=f"{v.node}:{v.index}", key="in")
         else:
             out.append(v)
     return out

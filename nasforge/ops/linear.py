@@ -14,7 +14,7 @@ import torch
 
 from nasforge.errors import SpecError
 from nasforge.ops.registry import (Attr, Call, Example, OpContext, OpDef, broadcast_shapes, nn, prod, register,
-                                   require_positive)
+                                   require_float, require_positive)
 from nasforge.types import Dim, TensorType, dim_str
 
 
@@ -38,6 +38,7 @@ class Linear(OpDef):
         require_positive(attrs, "out")
 
     def infer(self, ctx: OpContext) -> list[TensorType]:
+        require_float(ctx, ctx.x)
         if ctx.x.rank < 1:
             raise ctx.fail("linear needs at least a 1-D input", expected="rank >= 1", found=str(ctx.x))
         if not isinstance(ctx.x.shape[-1], int):

@@ -178,6 +178,9 @@ class OpDef:
     arity: ClassVar[tuple[int, int | None]] = (1, 1)
     train_only: ClassVar[bool] = False
     """True for ops that are the identity at inference (dropout, drop-path): passes may remove them."""
+    backend_limits: ClassVar[dict[str, str]] = {}
+    """Backends known not to lower this op, each with what happens then (``{"tvm": "..."}``); shown by
+    ``nasforge ops NAME`` and read by the backends to fail with a clear message."""
     returns_sequence: ClassVar[bool] = False
     """True where the lowering returns a tuple/list even for one output (``torch.split``), so the fx
     builder always indexes into it."""

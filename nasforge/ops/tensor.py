@@ -272,6 +272,11 @@ class Expand(LayoutOp):
         return Call(torch.broadcast_to, (ctx["to"],))
 
 
+MAX_PIECES = 4096
+"""The most outputs a split may make: more is a mistake (a tensor split into single channels is still
+fine up to this width), and the type list would otherwise grow without bound."""
+
+
 @register
 class Split(LayoutOp):
     """Split along ``axis`` into several outputs: ``sizes`` as a list gives each piece's size (they must
@@ -297,6 +302,9 @@ class Split(LayoutOp):
         axis = normalize_axis(ctx, ctx["axis"], x.rank)
         n = static_dim(ctx, x, axis, "split")
         if isinstance(sizes, int):
+            if -(-n // sizes) > MAX_PIECES:
+                raise ctx.fail(f"split would make {-(-n // sizes):,} outputs", expected=f"at most {MAX_PIECES:,} pieces",
+                               found=f"pieces of {sizes} over an axis of {n}")
             sizes = [sizes] * (n // sizes) + [n % sizes] * bool(n % sizes)
         elif sum(sizes) != n:
             raise ctx.fail(f"split sizes do not add up to axis {ctx['axis']}", expected=f"a sum of {n}",
