@@ -67,7 +67,7 @@ def node_costs(graph: Graph, bindings: Mapping[str, int] | None = None) -> list[
     for node in graph:
         op = get_op(node.op)
         ctx = concrete_context(graph, node, bindings)
-        params = sum(math.prod(shape) for shape in op.params(ctx).values())
+        params = sum(math.prod(shape) for name, shape in op.params(ctx).items() if name not in node.ties)
         out = ", ".join(str(t) for t in node.outputs)
         rows.append(NodeCost(node.path, node.op, out, params, op.macs(ctx), op.flops(ctx),
                              sum(t.nbytes() for t in ctx.outputs)))

@@ -67,12 +67,24 @@ def build_graph_module(graph: Graph) -> fx.GraphModule:
                 item = fxg.call_function(operator.getitem, (out, k))
                 item.meta["nasforge_type"] = ttype
                 values[Value(node.path, k)] = item
+    tie_parameters(graph, modules)
     results = [values[v] for v in graph.outputs.values()]
     fxg.output(results[0] if len(results) == 1 else tuple(results))
     fxg.lint()
     gm = fx.GraphModule(module_tree(modules), fxg, class_name=class_name(graph.name))
     gm.eval()
     return gm
+
+
+def tie_parameters(graph: Graph, modules: dict[str, nn.Module]) -> None:
+    """Make each tied parameter the very tensor its owner holds (one ``nn.Parameter``, two places)."""
+    for node in graph:
+        for param, target in node.ties.items():
+            owner_path, _, owner_param = target.rpartition(".")
+            owner = modules[owner_path].get_parameter(owner_param)
+            prefix, _, leaf = param.rpartition(".")
+            holder = modules[node.path].get_submodule(prefix) if prefix else modules[node.path]
+            setattr(holder, leaf, owner)
 
 
 def module_tree(modules: dict[str, nn.Module]) -> nn.Module:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from nasforge.compiler.ir import ALL_OUTPUTS, Graph, Node, Value
-from nasforge.errors import SpecError
+from nasforge.errors import SpecError, did_you_mean
 from nasforge.ops.registry import OpContext, get_op
 from nasforge.types import TensorType
 
@@ -26,6 +26,7 @@ def infer_types(graph: Graph) -> Graph:
         if node.declared_shape is not None:
             check_declared(node, outputs[0])
         node.outputs = outputs
+    check_ties(graph)
     try:
         values = resolve_values(graph, list(graph.outputs.values()))
     except SpecError as err:
@@ -69,3 +70,39 @@ def check_declared(node: Node, inferred: TensorType) -> None:
             expected=f"[{', '.join(map(str, declared))}] (declared)",
             found=f"{inferred} (inferred)",
         )
+
+
+def tied_target(graph: Graph, node: Node, param: str) -> tuple[Node, str]:
+    """The node and parameter name that ``node``'s ``param`` is tied to (its owner)."""
+    target = node.ties[param]
+    path, _, name = target.rpartition(".")
+    return graph.nodes[path], name
+
+
+def check_ties(graph: Graph) -> None:
+    """Every tie names an existing parameter of another node, of the same shape, owned by that node."""
+    for node in graph:
+        if not node.ties:
+            continue
+        own = get_op(node.op).params(context_for(graph, node))
+        where = node.attr_locations.get("tie", node.location)
+        for param, target in node.ties.items():
+            path, _, name = target.rpartition(".")
+            if param not in own:
+                raise SpecError(f"op {node.op!r} has no parameter {param!r} to tie", location=where,
+                                node_path=node.path, expected="one of " + (", ".join(own) or "(no parameters)"),
+                                found=repr(param), hint=did_you_mean(param, list(own)))
+            if path not in graph.nodes or path == node.path:
+                raise SpecError(f"tie target {target!r} is not another node's parameter", location=where,
+                                node_path=node.path, expected="NODE_PATH.PARAM of another node", found=repr(target),
+                                hint=did_you_mean(path, list(graph.nodes)))
+            owner = graph.nodes[path]
+            theirs = get_op(owner.op).params(context_for(graph, owner))
+            if name not in theirs or name in owner.ties:
+                raise SpecError(f"node {path!r} owns no parameter {name!r}", location=where, node_path=node.path,
+                                expected="one of " + ", ".join(k for k in theirs if k not in owner.ties),
+                                found=repr(name))
+            if tuple(theirs[name]) != tuple(own[param]):
+                raise SpecError("tied parameters have different shapes", location=where, node_path=node.path,
+                                expected=f"{param} shaped {list(own[param])}",
+                                found=f"{target} shaped {list(theirs[name])}")

@@ -65,6 +65,8 @@ class Node:
     outputs: list[TensorType] = field(default_factory=list)
     block: str | None = None
     """Path of the outermost block instance the node was expanded from (None at the top level)."""
+    ties: dict[str, str] = field(default_factory=dict)
+    """Parameters shared with another node: ``{own param: "node.path.param"}`` (weight tying)."""
 
     def output(self, index: int = 0) -> Value:
         return Value(self.path, index)

@@ -30,7 +30,7 @@ from nasforge.errors import Location, SpecError, did_you_mean
 from nasforge.ops.registry import all_ops, get_op
 from nasforge.types import DTYPES, Sym, TensorType
 
-NODE_KEYS = ("id", "op", "block", "in", "repeat", "as", "if", "shape", "doc")
+NODE_KEYS = ("id", "op", "block", "in", "repeat", "as", "if", "shape", "tie", "doc")
 CHOICE_KINDS = ("choice", "int", "float", "op_choice")
 CHOICE_OPTIONS = ("log", "step", "default")
 ID_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*$")
@@ -534,13 +534,25 @@ class Expander:
         declared = None
         if "shape" in entry:
             declared = self.declared_shape(entry, env, path)
+        ties = self.ties(entry, env, path) if "tie" in entry else {}
         node = Node(path, target, attrs, list(inputs), entry.loc,
-                    {k: _loc(entry, k) for k in (*entry, *attrs_raw)}, declared, block=scope.block_root)
+                    {k: _loc(entry, k) for k in (*entry, *attrs_raw)}, declared, block=scope.block_root, ties=ties)
         if path in self.nodes or path in self.doc.raw.get("inputs", {}):
             raise SpecError(f"two nodes expand to the same path {path!r}", location=entry.loc, node_path=path,
                             expected="unique node paths", found=f"{path!r} again")
         self.nodes[path] = node
         return [Value(path, ALL_OUTPUTS)]
+
+    def ties(self, entry: LocDict, env: dict[str, Any], path: str) -> dict[str, str]:
+        """``tie: {weight: wte.weight}``: this node's parameter is the same tensor as another node's
+        (given by full node path and parameter name); checked once every node is typed."""
+        raw = self.value(entry["tie"], env, path + ".tie", entry.loc_of("tie"), path)
+        if not isinstance(raw, dict) or not all(isinstance(k, str) and isinstance(v, str) and "." in v
+                                                for k, v in raw.items()):
+            raise SpecError("'tie' maps this node's parameters to other nodes' parameters",
+                            location=entry.loc_of("tie"), node_path=path,
+                            expected="{PARAM: NODE_PATH.PARAM}, e.g. {weight: wte.weight}", found=shown(raw))
+        return dict(raw)
 
     def declared_shape(self, entry: LocDict, env: dict[str, Any], path: str) -> tuple[Any, ...]:
         raw = entry["shape"]

@@ -69,6 +69,8 @@ def graph_to_document(graph: Graph) -> dict[str, Any]:
         for key, value in node.attrs.items():
             if key not in defaults or defaults[key] != value:
                 entry[key] = plain(value)
+        if node.ties:
+            entry["tie"] = dict(node.ties)
         nodes.append(entry)
     inputs = {}
     for name, t in graph.inputs.items():
