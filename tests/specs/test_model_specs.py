@@ -33,7 +33,7 @@ VIT = ROOT / "specs" / "models" / "vit.yaml"
 LENET = ROOT / "specs" / "models" / "lenet5.yaml"
 MLP = ROOT / "specs" / "models" / "mlp.yaml"
 
-PAPER_KEYS = ("title", "authors", "year", "venue", "url", "params", "notes")
+PAPER_KEYS = ("title", "authors", "year", "venue", "url", "reference", "params", "notes")
 
 
 def by_name(paths: list[Path]) -> dict:
@@ -59,10 +59,18 @@ def member(path: Path, variant: str | None):
     return spec
 
 
+HEAVY_MACS = 50_000_000_000
+"""Networks above this many MACs per sample (FCN-8s, U-Net at 500+ pixels) also export in the slow set."""
+
+
+def is_heavy(path: Path) -> bool:
+    totals = member(path, None).check().totals
+    return totals.params > BIG or totals.macs > HEAVY_MACS
+
+
 def export_params(paths: list[Path]) -> list:
     """Spec paths for the export test, the big ones marked slow."""
-    return [pytest.param(p, id=p.stem, marks=[pytest.mark.slow] if member(p, None).check().totals.params > BIG
-                         else []) for p in paths]
+    return [pytest.param(p, id=p.stem, marks=[pytest.mark.slow] if is_heavy(p) else []) for p in paths]
 
 
 def _shape(spec, path: str) -> tuple[int, ...]:
