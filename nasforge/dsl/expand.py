@@ -196,6 +196,10 @@ class Expander:
             loc = self.doc.raw.loc_of("graph")
         else:
             for name, ref, ref_loc in self.output_refs(raw, loc):
+                if isinstance(ref, str) and is_expression(ref):  # a conditional output: null leaves it out
+                    ref = self.value(ref, scope.env, f"outputs.{name}", ref_loc, "outputs")
+                    if ref is None:
+                        continue
                 values = self.resolve_ref(ref, scope, ref_loc, "outputs")
                 for k, v in enumerate(values):
                     outputs[name if len(values) == 1 else f"{name}_{k}"] = v

@@ -444,6 +444,34 @@ class Slice(LayoutOp):
 
 
 @register
+class Select(LayoutOp):
+    """``x[..., index, ...]`` on one axis, dropping that axis (``torch.select``): a ViT head takes the class
+    token with ``{op: select, axis: 1, index: 0}``. Negative indices count from the end."""
+
+    name = "select"
+    attrs = (
+        Attr("axis", "int", doc="axis to index"),
+        Attr("index", "int", doc="position along the axis (negative: from the end)"),
+    )
+    examples = (
+        Example({"axis": 1, "index": 0}, [(2, 5, 4)]),
+        Example({"axis": -1, "index": -1}, [(2, 3, 7)]),
+    )
+
+    def infer(self, ctx: OpContext) -> list[TensorType]:
+        x = ctx.x
+        axis = normalize_axis(ctx, ctx["axis"], x.rank)
+        n = static_dim(ctx, x, axis, "select")
+        if not -n <= ctx["index"] < n:
+            raise ctx.fail(f"index {ctx['index']} is out of range for axis {ctx['axis']}",
+                           expected=f"an index in [{-n}, {n - 1}]", found=f"{ctx['index']} on {x}")
+        return [x.with_shape(x.shape[:axis] + x.shape[axis + 1:])]
+
+    def lower(self, ctx: OpContext) -> Call:
+        return Call(torch.select, (ctx["axis"], ctx["index"]))
+
+
+@register
 class Pad(LayoutOp):
     """Pad with ``torch.nn.functional.pad``: ``pads`` lists (before, after) pairs starting from the
     last axis, ``[left, right, top, bottom, ...]``. ``constant`` fills with ``value`` and accepts negative

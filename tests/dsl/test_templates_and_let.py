@@ -88,3 +88,17 @@ def test_let_cannot_be_overridden_or_shadow():
         nasforge.loads(LET.replace("let: {hidden", "let: {d"), "let.yaml").check()
     assert "let 'd' shadows a parameter or argument" in info.value.message
     assert info.value.location.line == 8
+
+
+def test_outputs_may_be_conditional():
+    text = """
+params: {aux: false}
+inputs: {x: [B, 4]}
+graph:
+  - {id: trunk, op: relu}
+  - {id: aux_head, op: linear, out: 2, if: $aux}
+  - {id: head, op: linear, in: trunk, out: 3}
+outputs: {logits: head, aux: "${'aux_head' if aux else null}"}
+"""
+    assert list(nasforge.loads(text).graph.outputs) == ["logits"]
+    assert list(nasforge.loads(text, aux=True).graph.outputs) == ["logits", "aux"]

@@ -256,3 +256,12 @@ def test_roll_matches_torch():
     x = torch.randn(2, 3, 4)
     assert torch.equal(run("roll", {"shifts": [1, -1], "axes": [1, -1]}, x)[1], torch.roll(x, (1, -1), (1, 2)))
     assert torch.equal(run("roll", {"shifts": 5}, x)[1], torch.roll(x, 5))
+
+
+def test_select_drops_the_axis_and_checks_the_index():
+    import nasforge
+
+    spec = nasforge.loads("inputs: {x: [B, 197, 192]}\ngraph:\n  - {id: cls, op: select, axis: 1, index: 0}\n")
+    assert str(spec.graph.nodes["cls"].outputs[0]) == "[B, 192]"
+    with pytest.raises(nasforge.SpecError, match="index 197 is out of range for axis 1"):
+        nasforge.loads("inputs: {x: [B, 197, 192]}\ngraph:\n  - {op: select, axis: 1, index: 197}\n").check()
