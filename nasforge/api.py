@@ -59,11 +59,13 @@ class Spec:
     """A loaded spec with its parameter overrides and choice assignment; everything else is derived."""
 
     def __init__(self, document: Document, overrides: Mapping[str, Any] | None = None,
-                 assignment: Mapping[str, Any] | None = None, variant: Variant | None = None) -> None:
+                 assignment: Mapping[str, Any] | None = None, variant: Variant | None = None,
+                 strict: bool = True) -> None:
         self.document = document
         self.overrides = dict(overrides or {})
         self.assignment = dict(assignment or {})
         self.variant = variant
+        self.strict = strict
 
     @property
     def name(self) -> str:
@@ -79,23 +81,30 @@ class Spec:
         return dict(self.graph.meta.get("paper") or {})
 
     @cached_property
-    def graph(self) -> Graph:
-        """The expanded, type-checked IR (raises SpecError on the first mistake)."""
+    def expanded(self) -> Graph:
+        """The expanded IR before type inference: structure and choice points, no shapes yet."""
         overrides = {**(self.variant.overrides if self.variant else {}), **self.overrides}
-        graph = Expander(self.document, overrides, self.assignment).expand()
+        graph = Expander(self.document, overrides, self.assignment, self.strict).expand()
         if self.variant:
             graph.name = self.variant.name
             graph.meta["paper"] = {**(graph.meta.get("paper") or {}), **self.variant.paper}
             graph.meta["variant"] = self.variant.name
-        return infer_types(graph)
+        return graph
+
+    @cached_property
+    def graph(self) -> Graph:
+        """The expanded, type-checked IR (raises SpecError on the first mistake)."""
+        return infer_types(self.expanded)
 
     @property
     def choices(self) -> list[ChoicePoint]:
-        return self.graph.choices
+        """The choice points expansion met (known even where a decision breaks shape inference)."""
+        return self.expanded.choices
 
-    def with_choices(self, assignment: Mapping[str, Any]) -> "Spec":
-        """The same space with some choice points decided (labels as in :attr:`choices`)."""
-        return Spec(self.document, self.overrides, {**self.assignment, **assignment}, self.variant)
+    def with_choices(self, assignment: Mapping[str, Any], strict: bool = True) -> "Spec":
+        """The same space with some choice points decided (labels as in :attr:`choices`). With
+        ``strict=False``, decisions for choice points that other decisions removed are ignored."""
+        return Spec(self.document, self.overrides, {**self.assignment, **assignment}, self.variant, strict)
 
     def check(self, bindings: Mapping[str, int] | None = None) -> CheckReport:
         graph = self.graph

@@ -85,23 +85,74 @@ def cmd_check(args: argparse.Namespace) -> int:
     if args.strict and report.warnings:
         raise SpecError(report.warnings[0].split(": ", 1)[-1], location=Location(args.spec),
                         expected="no unused nodes or inputs (--strict)", found=f"{len(report.warnings)} warning(s)")
+    space = None
+    if graph.choices:
+        from nasforge.search.space import check_space
+
+        space = check_space(spec, args.samples)
     if args.json:
         print(json.dumps({
-            "ok": True, "name": graph.name, "totals": t.as_dict(), "warnings": report.warnings,
+            "ok": space is None or space.ok, "name": graph.name, "totals": t.as_dict(), "warnings": report.warnings,
             "inputs": {k: str(v) for k, v in graph.inputs.items()},
             "outputs": {k: str(graph.type_of(v)) for k, v in graph.outputs.items()},
             "choices": len(graph.choices), "paper": graph.meta.get("paper"),
+            "space": space.as_dict() if space else None,
         }, indent=2, default=str))
-        return EXIT_OK
+        return EXIT_OK if space is None or space.ok else EXIT_SPEC_ERROR
     con = _console()
     outs = ", ".join(f"{k} {graph.type_of(v)}" for k, v in graph.outputs.items())
     # spec text (names, shapes like [b, 3], file names) is printed as is, never read as rich markup
+    if space is not None and not space.ok:
+        report_space(con, space)
+        raise space_error(spec, space)
     con.print(f"[green]ok[/green] {escape(graph.name)}: {len(graph.nodes)} nodes, {t.params:,} params, "
               f"{human(t.macs)} MACs ({human(t.flops)} FLOPs) per sample; outputs {escape(outs)}")
-    if graph.choices:
-        con.print(f"   a search space: {len(graph.choices)} choice point(s), checked at their defaults")
+    if space is not None:
+        report_space(con, space)
     for w in report.warnings:
         con.print(f"[yellow]warning[/yellow] {escape(w)}")
+    return EXIT_OK
+
+
+def report_space(con: Any, report: Any) -> None:
+    """Print what checking a search space found (see :func:`nasforge.search.space.check_space`)."""
+    size = f"{report.size:,} networks" if report.size is not None else "size not countable (continuous or too conditional)"
+    structural = f", {len(report.structural)} of them structural" if report.structural else ""
+    con.print(f"   a search space: {len(report.choices)} choice point(s) at the defaults{structural}; {size}")
+    for problem in report.problems:
+        con.print("[red]problem[/red] " + escape(f"option {problem.label} = {problem.value!r} never type-checks with "
+                                                 f"the other choices at their defaults: {problem.error.message}"))
+    for assignment, err in report.failed_samples:
+        con.print("[red]problem[/red] " + escape(f"sample {assignment}: {err.message}"))
+    if report.samples:
+        con.print(f"   {report.samples - len(report.failed_samples)}/{report.samples} random samples type-check")
+
+
+def space_error(spec: Any, report: Any) -> SpecError:
+    first = report.problems[0].describe() if report.problems else report.failed_samples[0][1].message
+    return SpecError(f"{len(report.problems)} option(s) and {len(report.failed_samples)} sample(s) of the space "
+                     "do not type-check", location=Location(spec.document.file), expected="every option usable",
+                     found=first)
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    import random
+
+    from nasforge.search.space import Space
+
+    spec = _load(args)
+    space = Space(spec)
+    assignment = space.sample(random.Random(args.seed))
+    chosen = space.concrete(assignment)
+    chosen.graph  # noqa: B018 (a sample that does not type-check is an error, not a file)
+    text = chosen.to_yaml()
+    if args.json:
+        print(json.dumps({"seed": args.seed, "choices": assignment, "spec": text}, indent=2, default=str))
+    elif args.output:
+        _write(Path(args.output), text)
+        print(f"wrote {args.output} ({len(assignment)} choice(s) decided, seed {args.seed})")
+    else:
+        sys.stdout.write(text)
     return EXIT_OK
 
 
@@ -283,7 +334,17 @@ def build_parser() -> argparse.ArgumentParser:
                      "otherwise.")
     p.add_argument("--json", action="store_true", help="machine-readable result")
     p.add_argument("--strict", action="store_true", help="treat warnings (unused nodes/inputs) as errors")
+    p.add_argument("--samples", type=int, default=0, metavar="N",
+                   help="for a search space: also take N random members through shape inference")
     p.set_defaults(func=cmd_check)
+
+    p = spec_command("sample", "decide a search space's choices at random and write the concrete spec",
+                     "Sample one network of a search space (uniformly at each choice point, in discovery order)\n"
+                     "and write it as a concrete spec that `nasforge check/show/build` take as it is.")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("-o", "--output", metavar="FILE", help="write the spec to FILE instead of stdout")
+    p.add_argument("--json", action="store_true", help="the decisions and the spec as JSON")
+    p.set_defaults(func=cmd_sample)
 
     p = spec_command("show", "print the layer table (node path, op, output shape, params, MACs)",
                      "Print every node with its output shape, parameters and MACs, then totals.\n"

@@ -67,10 +67,13 @@ class Expander:
     """Turns one :class:`Document` into a :class:`Graph` (types not yet inferred)."""
 
     def __init__(self, doc: Document, overrides: Mapping[str, Any] | None = None,
-                 assignment: Mapping[str, Any] | None = None) -> None:
+                 assignment: Mapping[str, Any] | None = None, strict: bool = True) -> None:
         self.doc = doc
         self.overrides = dict(overrides or {})
         self.assignment = dict(assignment or {})
+        self.strict = strict
+        """Whether a decision for a label that no choice point has is an error (a sampler deciding a
+        conditional space may hold decisions for choices that the other decisions removed)."""
         self.nodes: dict[str, Node] = {}
         self.choices: list[ChoicePoint] = []
         self.params_env: dict[str, Any] = {}
@@ -295,7 +298,7 @@ class Expander:
         return value
 
     def check_assignment_used(self) -> None:
-        if self.assignment:
+        if self.assignment and self.strict:
             known = [c.label for c in self.choices]
             label = next(iter(self.assignment))
             raise SpecError(f"no choice point is labelled {label!r}", location=self.doc.raw.loc,
