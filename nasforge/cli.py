@@ -305,6 +305,122 @@ def cmd_zoo(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_search(args: argparse.Namespace) -> int:
+    from nasforge.search.objectives import Constraint, Evaluator, Objective
+    from nasforge.search.study import Search, best_trials
+
+    spec = _load(args)
+    objectives = [Objective.parse(o) for o in (args.objective or ["params:min"])]
+    constraints = [Constraint.parse(c) for c in (args.constraint or [])]
+    evaluator = make_evaluator(args, spec, objectives, constraints)
+    search = Search(spec, args.strategy, objectives, constraints, args.budget, args.storage, args.study, args.seed,
+                    evaluator)
+    con = _console()
+    con.print(f"searching {escape(spec.name)} with {args.strategy}: "
+              f"{', '.join(map(str, objectives))}"
+              + (f" subject to {', '.join(map(str, constraints))}" if constraints else "")
+              + f"; study {escape(search.study_name or '')} in {escape(args.storage)}")
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TextColumn("{task.fields[best]}"))
+    with Progress(*columns, console=con, disable=args.json or not sys.stdout.isatty()) as progress:
+        task = progress.add_task("trials", total=args.budget, best="")
+
+        def on_trial(study, trial) -> None:
+            from nasforge.search.study import completed
+
+            top = best_trials(study, 1)
+            best = f"best {', '.join(f'{o.metric} {v:.4g}' for o, v in zip(objectives, top[0].values))}" if top else ""
+            progress.update(task, completed=min(completed(study), args.budget), best=best)
+
+        study = search.run(on_trial)
+    return report_study(con, study, objectives, args)
+
+
+def make_evaluator(args: argparse.Namespace, spec: Any, objectives: list, constraints: list) -> Any:
+    """An evaluator with training and proxies when a dataset is given (needed for accuracy and proxies)."""
+    from nasforge.search.objectives import PROXY_METRICS, Evaluator
+
+    metrics = {o.metric for o in objectives} | {c.metric for c in constraints}
+    if not args.dataset:
+        return Evaluator()
+    from nasforge.search.data import load_dataset
+    from nasforge.search.proxies import make_proxy_fn
+    from nasforge.search.training import Trainer
+
+    dataset = load_dataset(args.dataset, next(iter(spec.expanded.inputs.values())), seed=args.seed)
+    trainer = Trainer(dataset, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+    proxies = make_proxy_fn(dataset, args.seed) if metrics & set(PROXY_METRICS) else None
+    return Evaluator(trainer=trainer, proxies=proxies)
+
+
+def report_study(con: Any, study: Any, objectives: list, args: argparse.Namespace) -> int:
+    from nasforge.search.study import best_trials, completed, failed
+
+    top = best_trials(study, args.top if hasattr(args, "top") else 5)
+    if getattr(args, "json", False):
+        print(json.dumps({"study": study.study_name, "completed": completed(study), "failed": failed(study),
+                          "best": [{"number": t.number, "values": t.values, "metrics": t.user_attrs.get("metrics"),
+                                    "choices": json.loads(t.user_attrs.get("assignment", "{}"))} for t in top]},
+                         indent=2, default=str))
+        return EXIT_OK
+    from rich.table import Table
+
+    title = "Pareto front" if len(objectives) > 1 else "leaderboard"
+    table = Table(title=f"{study.study_name}: {title} ({completed(study)} trials, {failed(study)} failed)",
+                  title_justify="left")
+    table.add_column("trial", justify="right")
+    for o in objectives:
+        table.add_column(str(o), justify="right")
+    table.add_column("params", justify="right")
+    for t in top:
+        metrics = t.user_attrs.get("metrics", {})
+        table.add_row(str(t.number), *[f"{v:.4g}" for v in t.values], f"{int(metrics.get('params', 0)):,}"
+                      if "params" in metrics else "")
+    con.print(table)
+    out = getattr(args, "output", None)
+    if out and top:
+        best = top[0]
+        source = study.trials[best.user_attrs.get("duplicate_of", best.number)]
+        _write(Path(out), source.user_attrs["spec"])
+        con.print(f"wrote the best network (trial {best.number}) to {escape(out)}")
+    return EXIT_OK
+
+
+def cmd_study(args: argparse.Namespace) -> int:
+    import optuna
+
+    from nasforge.search.study import best_trials
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        study = optuna.load_study(study_name=args.name, storage=args.storage)
+    except KeyError:
+        raise SpecError(f"no study named {args.name!r} in {args.storage}", location=Location("--study"),
+                        expected="a study name that `nasforge search --study NAME` created",
+                        found=repr(args.name)) from None
+    from nasforge.search.objectives import Objective
+
+    objectives = [Objective.parse(o) for o in study.user_attrs.get("objectives", ["value:min"])]
+    con = _console()
+    if args.action == "show":
+        return report_study(con, study, objectives, args)
+    if args.action == "export":
+        directory = Path(args.output or f"{args.name}-top")
+        directory.mkdir(parents=True, exist_ok=True)
+        for rank, t in enumerate(best_trials(study, args.top)):
+            source = study.trials[t.user_attrs.get("duplicate_of", t.number)]
+            _write(directory / f"rank{rank}-trial{t.number}.yaml", source.user_attrs["spec"])
+        con.print(f"wrote {min(args.top, len(best_trials(study, args.top)))} spec(s) to {escape(str(directory))}")
+        return EXIT_OK
+    from nasforge.search.plots import plot_study
+
+    for path in plot_study(study, Path(args.output or f"{args.name}-plots")):
+        con.print(f"wrote {escape(str(path))}")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nasforge",
@@ -361,6 +477,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", metavar="FILE", help="output file (.svg, .png, .pdf, .dot); stdout if absent")
     p.add_argument("--depth", type=int, metavar="N", help="draw blocks folded at path depth N")
     p.set_defaults(func=cmd_graph)
+
+    from nasforge.search.study import DEFAULT_STORAGE
+    from nasforge.search.strategies import STRATEGIES
+
+    p = spec_command("search", "search a space: strategies, objectives, constraints, a resumable study",
+                     "Search a space (a spec with choice points) and record every trial in an Optuna study.\n"
+                     "A killed search resumes with the same --study; the best network is a concrete spec.\n\n"
+                     "example:\n  nasforge search specs/spaces/nas_bench_201.yaml --strategy evolution \\\n"
+                     "      --objective accuracy:max --objective latency_ms:min --budget 30 --dataset digits \\\n"
+                     "      --constraint 'params<=1e6' --study nb201-digits -o best.yaml")
+    p.add_argument("--strategy", default="evolution", choices=list(STRATEGIES), help="search strategy")
+    p.add_argument("--objective", action="append", metavar="METRIC:DIR",
+                   help="params, macs, flops, memory_mb, latency_ms, accuracy, train_loss, synflow, naswot, snip, "
+                        "grad_norm with :min or :max (repeatable: several give a Pareto front)")
+    p.add_argument("--constraint", action="append", metavar="EXPR", help="e.g. 'params<=5e6' (repeatable)")
+    p.add_argument("--budget", type=int, default=20, help="completed trials to reach (default 20)")
+    p.add_argument("--dataset", help="digits, synthetic[:N], npz:PATH, folder:PATH or cifar10:PATH")
+    p.add_argument("--epochs", type=int, default=3, help="training epochs per candidate (accuracy)")
+    p.add_argument("--batch-size", type=int, default=64, help="training batch size")
+    p.add_argument("--lr", type=float, default=0.05, help="learning rate (SGD, cosine schedule)")
+    p.add_argument("--storage", default=DEFAULT_STORAGE, help=f"Optuna storage URL (default {DEFAULT_STORAGE})")
+    p.add_argument("--study", help="study name (resumes an existing one; default derived from space and strategy)")
+    p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--top", type=int, default=5, help="rows in the final leaderboard")
+    p.add_argument("-o", "--output", metavar="FILE", help="write the best network's concrete spec to FILE")
+    p.add_argument("--json", action="store_true", help="machine-readable result")
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("study", help="inspect a stored study: show, export the best specs, plot",
+                       description="Work with a study that `nasforge search` recorded.")
+    p.add_argument("action", choices=["show", "export", "plot"], help="show the leaderboard / Pareto front, export "
+                                                                    "the top specs, or plot history and front")
+    p.add_argument("name", help="the study name")
+    p.add_argument("--storage", default=DEFAULT_STORAGE, help=f"Optuna storage URL (default {DEFAULT_STORAGE})")
+    p.add_argument("--top", type=int, default=5, help="how many trials to show or export")
+    p.add_argument("-o", "--output", metavar="PATH", help="export/plot folder (show: write the best spec)")
+    p.add_argument("--json", action="store_true", help="machine-readable (show)")
+    p.set_defaults(func=cmd_study)
 
     p = sub.add_parser("zoo", help="the model zoo: every spec and variant with counted vs published numbers",
                        description="Check every spec in a folder (default specs/models) and each of its variants, "

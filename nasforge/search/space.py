@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 from nasforge.api import Spec
 from nasforge.compiler.ir import ChoicePoint
@@ -82,21 +82,46 @@ class Space:
         """The network for a full or partial assignment (undecided choices take their defaults)."""
         return self.spec.with_choices({**self.decided, **assignment}, strict=False)
 
-    def complete(self, assignment: Mapping[str, Any], rng: random.Random | None = None) -> Assignment:
-        """Decide every choice point the assignment leads to: undecided ones at random (``rng``) or at
-        their defaults, repeating until no new choice point appears; decisions that no longer apply are
-        dropped, so the result names exactly the network's choice points."""
+    def complete(self, assignment: Mapping[str, Any], rng: random.Random | None = None,
+                 choose: Callable[[ChoicePoint], Any] | None = None) -> Assignment:
+        """Decide every choice point the assignment leads to, in discovery order: undecided ones by
+        ``choose`` (an Optuna trial's suggestion, say), at random (``rng``), or at their defaults,
+        repeating until no new choice point appears; decisions that no longer apply are dropped, so the
+        result names exactly the network's choice points."""
+        if choose is None:
+            choose = (lambda c: sample_value(c, rng)) if rng else (lambda c: c.value)
         current = dict(assignment)
         for _ in range(MAX_ROUNDS):
             met = self.concrete(current).choices
             labels = {c.label for c in met}
-            new = {c.label: sample_value(c, rng) if rng else c.value for c in met if c.label not in current}
+            new = {c.label: choose(c) for c in met if c.label not in current}
             current = {k: v for k, v in current.items() if k in labels}
             if not new:
                 return current
             current.update(new)
         raise SpecError("choice points keep appearing: the space does not settle",
                         expected=f"a fixed set of choices within {MAX_ROUNDS} rounds", found=str(len(current)))
+
+    def mutate(self, assignment: Mapping[str, Any], rng: random.Random) -> Assignment:
+        """Change one decision to a different value, then settle the choices that change creates; the
+        mutation respects the space (a depth mutation adds or removes whole layers' decisions)."""
+        current = self.complete(assignment)
+        met = {c.label: c for c in self.concrete(current).choices}
+        movable = [c for c in met.values() if option_count(c) is None or (option_count(c) or 0) > 1]
+        if not movable:
+            return current
+        target = rng.choice(movable)
+        value = current.get(target.label)
+        for _ in range(16):
+            new = sample_value(target, rng)
+            if new != value:
+                break
+        return self.complete({**current, target.label: new}, rng)
+
+    def crossover(self, a: Mapping[str, Any], b: Mapping[str, Any], rng: random.Random) -> Assignment:
+        """Uniform crossover over the decisions both parents share; the rest follow the first parent."""
+        child = {k: (b[k] if k in b and rng.random() < 0.5 else v) for k, v in a.items()}
+        return self.complete(child, rng)
 
     def sample(self, rng: random.Random) -> Assignment:
         """One network chosen uniformly at each choice point, in discovery order."""
