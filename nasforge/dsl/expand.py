@@ -554,6 +554,8 @@ class Expander:
         """``tie: {weight: wte.weight}``: this node's parameter is the same tensor as another node's
         (given by full node path and parameter name); checked once every node is typed."""
         raw = self.value(entry["tie"], env, path + ".tie", entry.loc_of("tie"), path)
+        if isinstance(raw, dict):  # a target that evaluates to null leaves that parameter untied
+            raw = {k: v for k, v in raw.items() if v is not None}
         if not isinstance(raw, dict) or not all(isinstance(k, str) and isinstance(v, str) and "." in v
                                                 for k, v in raw.items()):
             raise SpecError("'tie' maps this node's parameters to other nodes' parameters",

@@ -54,3 +54,11 @@ def test_tied_shapes_must_agree():
         nasforge.loads(TIED.replace("out: 50", "out: 40"), "tied.yaml").check()
     assert "tied parameters have different shapes" in info.value.message
     assert info.value.found == "wte.weight shaped [50, 8]"
+
+
+def test_a_null_target_leaves_the_parameter_untied():
+    text = TIED.replace("params_placeholder", "").replace(
+        "inputs:", "params: {tied: false}\ninputs:").replace(
+        "{weight: wte.weight}", "{weight: \"${'wte.weight' if tied else null}\"}")
+    assert nasforge.loads(text).check().totals.params == 50 * 8 * 2
+    assert nasforge.loads(text, tied=True).check().totals.params == 50 * 8
