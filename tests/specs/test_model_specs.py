@@ -69,7 +69,7 @@ def is_heavy(path: Path) -> bool:
 
 
 def export_params(paths: list[Path]) -> list:
-    """Spec paths for the export test, the big ones marked slow."""
+    """Spec paths for the tests that build full-size networks, the big ones marked slow."""
     return [pytest.param(p, id=p.stem, marks=[pytest.mark.slow] if is_heavy(p) else []) for p in paths]
 
 
@@ -130,7 +130,7 @@ def test_macs_match_paper(path: Path, variant: str | None):
     assert abs(macs - published) <= 0.01 * published, f"{macs:,} MACs vs published {published:,}"
 
 
-@pytest.mark.parametrize("path", **by_name(MODELS))
+@pytest.mark.parametrize("path", export_params(MODELS))
 def test_builds_and_runs_a_batch(path: Path):
     spec = nasforge.load(path)
     gm = spec.build()
@@ -146,7 +146,7 @@ def test_builds_and_runs_a_batch(path: Path):
     assert torch.isfinite(out).all()
 
 
-@pytest.mark.parametrize("path", **by_name(MODELS))
+@pytest.mark.parametrize("path", export_params(MODELS))
 def test_built_module_counts_agree_with_analysis(path: Path):
     """Independent counts: numel over the built module's parameters, and torch's own FLOP counter."""
     spec = nasforge.load(path)
