@@ -63,14 +63,33 @@ HEAVY_MACS = 50_000_000_000
 """Networks above this many MACs per sample (FCN-8s, U-Net at 500+ pixels) also export in the slow set."""
 
 
-def is_heavy(path: Path) -> bool:
-    totals = member(path, None).check().totals
+HUGE = 300_000_000
+"""Networks above this many parameters (TinyLlama-1.1B, GPT-2 XL) are not built at full size in the suite: the
+exact counts hold them (analysis needs no build) and their family's small member is built and exported."""
+
+
+def is_heavy(path: Path, variant: str | None = None) -> bool:
+    totals = member(path, variant).check().totals
     return totals.params > BIG or totals.macs > HEAVY_MACS
 
 
-def export_params(paths: list[Path]) -> list:
-    """Spec paths for the tests that build full-size networks, the big ones marked slow."""
-    return [pytest.param(p, id=p.stem, marks=[pytest.mark.slow] if is_heavy(p) else []) for p in paths]
+def build_params(paths: list[Path]) -> list:
+    """(spec, member) pairs for the tests that build networks: the default member (slow when big, left out
+    when huge), plus the family's smallest member in the fast set when the default is big."""
+    cases = []
+    for path in paths:
+        heavy = is_heavy(path)
+        if heavy:
+            smallest = min((v for v in variants(load_document(path)) if not is_heavy(path, v)),
+                           key=lambda v: member(path, v).check().totals.params, default=None)
+            if smallest is not None:
+                cases.append(pytest.param(path, smallest, id=f"{path.stem}:{smallest}"))
+        if member(path, None).check().totals.params <= HUGE:
+            cases.append(pytest.param(path, None, id=path.stem, marks=[pytest.mark.slow] if heavy else []))
+    return cases
+
+
+BUILD_CASES = build_params(MODELS)
 
 
 def _shape(spec, path: str) -> tuple[int, ...]:
@@ -130,9 +149,9 @@ def test_macs_match_paper(path: Path, variant: str | None):
     assert abs(macs - published) <= 0.01 * published, f"{macs:,} MACs vs published {published:,}"
 
 
-@pytest.mark.parametrize("path", export_params(MODELS))
-def test_builds_and_runs_a_batch(path: Path):
-    spec = nasforge.load(path)
+@pytest.mark.parametrize("path,variant", BUILD_CASES)
+def test_builds_and_runs_a_batch(path: Path, variant: str | None):
+    spec = nasforge.load(path, variant=variant)
     gm = spec.build()
     inputs = example_inputs(spec.graph, batch=2)
     with torch.no_grad():
@@ -146,10 +165,10 @@ def test_builds_and_runs_a_batch(path: Path):
     assert torch.isfinite(out).all()
 
 
-@pytest.mark.parametrize("path", export_params(MODELS))
-def test_built_module_counts_agree_with_analysis(path: Path):
+@pytest.mark.parametrize("path,variant", BUILD_CASES)
+def test_built_module_counts_agree_with_analysis(path: Path, variant: str | None):
     """Independent counts: numel over the built module's parameters, and torch's own FLOP counter."""
-    spec = nasforge.load(path)
+    spec = nasforge.load(path, variant=variant)
     gm = spec.build()
     totals = spec.check().totals
     assert params_of(gm) == totals.params
@@ -158,10 +177,10 @@ def test_built_module_counts_agree_with_analysis(path: Path):
     assert counter.get_total_flops() == 2 * totals.macs
 
 
-@pytest.mark.parametrize("path", export_params(MODELS))
-def test_exports_with_dynamic_batch(path: Path):
+@pytest.mark.parametrize("path,variant", BUILD_CASES)
+def test_exports_with_dynamic_batch(path: Path, variant: str | None):
     """Full-size torch.export of every model with a dynamic batch, checked against the module."""
-    spec = nasforge.load(path)
+    spec = nasforge.load(path, variant=variant)
     gm = spec.build()
     inputs = example_inputs(spec.graph, batch=2)
     dynamic = tuple({0: Dim("batch", min=1, max=64)} for _ in inputs)
