@@ -309,6 +309,11 @@ def cmd_search(args: argparse.Namespace) -> int:
     from nasforge.search.objectives import Constraint, Evaluator, Objective
     from nasforge.search.study import Search, best_trials
 
+    import torch
+
+    # Candidates are small networks: one intra-op thread trains them faster than several (and several
+    # threads on a shared or busy machine slow each other down many times over).
+    torch.set_num_threads(args.threads)
     spec = _load(args)
     objectives = [Objective.parse(o) for o in (args.objective or ["params:min"])]
     constraints = [Constraint.parse(c) for c in (args.constraint or [])]
@@ -496,10 +501,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", help="digits, synthetic[:N], npz:PATH, folder:PATH or cifar10:PATH")
     p.add_argument("--epochs", type=int, default=3, help="training epochs per candidate (accuracy)")
     p.add_argument("--batch-size", type=int, default=64, help="training batch size")
-    p.add_argument("--lr", type=float, default=0.05, help="learning rate (SGD, cosine schedule)")
+    p.add_argument("--lr", type=float, default=None, help="learning rate (default 0.1 for SGD with a cosine schedule)")
     p.add_argument("--storage", default=DEFAULT_STORAGE, help=f"Optuna storage URL (default {DEFAULT_STORAGE})")
     p.add_argument("--study", help="study name (resumes an existing one; default derived from space and strategy)")
     p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--threads", type=int, default=1, help="torch threads for training candidates (default 1)")
     p.add_argument("--top", type=int, default=5, help="rows in the final leaderboard")
     p.add_argument("-o", "--output", metavar="FILE", help="write the best network's concrete spec to FILE")
     p.add_argument("--json", action="store_true", help="machine-readable result")

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import re
+import shlex
 from pathlib import Path
+
+import pytest
 
 from nasforge.cli import main
 
@@ -23,3 +26,17 @@ def test_readme_test_command_is_what_ci_runs():
     ci = (Path(__file__).resolve().parents[1] / ".ci" / "run").read_text()
     command = re.search(r"pip install -e '\.\[test\]' && (.*)\n", README).group(1).strip()
     assert ci.rstrip().splitlines()[-1].strip() == command
+
+
+@pytest.mark.slow
+def test_main_job_runs_as_written_with_a_smaller_budget(tmp_path, monkeypatch):
+    """The README's main command, run through the CLI as written except for a smaller budget."""
+    command = re.search(r"pip install -e \. && (nasforge search .*?) && nasforge show best.yaml", README).group(1)
+    argv = shlex.split(command)[1:]
+    argv[argv.index("--budget") + 1] = "3"
+    root = Path(__file__).resolve().parents[1]
+    argv[1] = str(root / argv[1])
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 0
+    assert main(["show", "best.yaml"]) == 0
+    assert main(argv) == 0  # resumed: already complete, prints the leaderboard

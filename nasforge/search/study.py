@@ -5,8 +5,11 @@ the trial (define-by-run, in discovery order), and nasforge's strategies become 
 (:class:`StrategySampler`) that answer each suggestion from the strategy's proposal. So one storage, one
 resume story and one dashboard serve them all:
 
-* SQLite by default, any SQLAlchemy URL otherwise; ``study_name`` resumes where it stopped;
-* a heartbeat marks a trial whose process died; it is failed and retried (``RetryFailedTrialCallback``);
+* SQLite by default, any SQLAlchemy URL otherwise (``:memory:`` for a throwaway search that nothing
+  resumes); ``study_name`` resumes where it stopped, with a fresh random stream so that the resumed run
+  does not propose the first run's candidates again;
+* a heartbeat marks a trial whose process died; once it is ``grace_s`` stale the next trial to start fails
+  it and retries its decisions (``RetryHeartbeatStaleTrialCallback``);
 * each trial stores its decisions, its concrete spec, graph hash, metrics, seed and time, and the study the
   space's hash, so a study is never continued on a different space by mistake;
 * a network already evaluated (same graph hash) is not evaluated again: its values are reused.
@@ -18,6 +21,7 @@ import hashlib
 import json
 import math
 import platform
+import sqlite3
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -35,9 +39,11 @@ from nasforge.search.hashing import graph_hash
 from nasforge.search.objectives import Constraint, Evaluator, Objective
 from nasforge.search.space import Assignment, Space
 from nasforge.search.strategies import STRATEGIES, Result, Strategy
+from nasforge.search.strategies.base import dominates
 from nasforge.search.strategies.optuna_samplers import OptunaStrategy
 
 DEFAULT_STORAGE = "sqlite:///nasforge-studies.db"
+MEMORY_STORAGE = ":memory:"
 HEARTBEAT_S = 10
 GRACE_S = 30
 MAX_RETRY = 2
@@ -48,6 +54,35 @@ def space_hash(spec: Spec) -> str:
     """Identifies a space: its document with imports inlined and parameter overrides applied."""
     text = document_to_yaml(structured_document(spec.document, spec.expanded.meta["params"]))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+class WalConnection(sqlite3.Connection):
+    """A SQLite connection in write-ahead-log mode with ``synchronous=NORMAL``. A trial makes some 25 small
+    transactions (each suggestion and attribute is one); in SQLite's default rollback-journal mode each
+    commit waits for the disk, which measured 3 to 30 ms a commit on a busy disk, up to 0.7 s a trial. In
+    WAL mode a commit is an append, and a killed process loses nothing (only a power cut can undo the last
+    commits, never corrupt the file)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.execute("PRAGMA journal_mode=WAL")
+        self.execute("PRAGMA synchronous=NORMAL")
+
+
+def resumed_seed(seed: int, done: int) -> int:
+    """The seed of a search that continues after ``done`` trials: a fresh run keeps ``seed`` (reproducible);
+    a resumed one needs another stream, or its strategy would propose the first run's candidates again."""
+    if done == 0:
+        return seed
+    return int(hashlib.sha256(f"{seed}:{done}".encode()).hexdigest()[:8], 16)
+
+
+def trials_so_far(storage: optuna.storages.BaseStorage, study_name: str) -> int:
+    try:
+        study_id = storage.get_study_id_from_name(study_name)
+    except KeyError:
+        return 0
+    return len(storage.get_all_trials(study_id, deepcopy=False))
 
 
 def encodable(choice: ChoicePoint) -> bool:
@@ -142,6 +177,10 @@ class Search:
     seed: int = 0
     evaluator: Evaluator = field(default_factory=Evaluator)
     strategy_options: dict[str, Any] = field(default_factory=dict)
+    heartbeat_s: int = HEARTBEAT_S
+    """How often a running trial records that its process is alive."""
+    grace_s: int = GRACE_S
+    """How long a trial's heartbeat may be silent before another process takes the trial for dead."""
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -156,6 +195,10 @@ class Search:
         if self.budget < 1:
             raise SpecError("the budget must be positive", location=Location("--budget"),
                             expected="an integer >= 1", found=str(self.budget))
+        if not 0 < self.heartbeat_s < self.grace_s:
+            raise SpecError("a heartbeat must come more often than the grace period", location=Location("Search"),
+                            expected="0 < heartbeat_s < grace_s",
+                            found=f"heartbeat_s={self.heartbeat_s}, grace_s={self.grace_s}")
         self.space = Space(self.spec)
         self.space_hash = space_hash(self.spec)
         self.study_name = self.study_name or f"{self.spec.name}-{self.strategy}-{self.space_hash[:6]}"
@@ -166,13 +209,17 @@ class Search:
                             found=f"{len(self.objectives)} objectives")
         self.strategy_impl = cls(self.space, [o.direction for o in self.objectives], self.seed,
                                  **self.strategy_options)
-        self.metrics = list(dict.fromkeys([o.metric for o in self.objectives] + [c.metric for c in self.constraints]))
+        # params and MACs are free (static analysis) and every leaderboard wants them
+        self.metrics = list(dict.fromkeys([o.metric for o in self.objectives] + [c.metric for c in self.constraints]
+                                          + ["params", "macs"]))
 
     # -- storage ------------------------------------------------------------------------------------
     def open_study(self) -> optuna.Study:
         storage = self.make_storage()
+        assert self.study_name is not None  # set by __post_init__
+        self.strategy_impl.reseed(resumed_seed(self.seed, trials_so_far(storage, self.study_name)))
         sampler = (self.strategy_impl.sampler() if isinstance(self.strategy_impl, OptunaStrategy)
-                   else StrategySampler(self.strategy_impl, self.seed))
+                   else StrategySampler(self.strategy_impl, self.strategy_impl.seed))
         directions = [o.direction for o in self.objectives]
         study = optuna.create_study(storage=storage, study_name=self.study_name, directions=directions,
                                     sampler=sampler, load_if_exists=True)
@@ -188,21 +235,28 @@ class Search:
         if not recorded:
             for key, value in self.study_attrs().items():
                 study.set_user_attr(key, value)
-            study.set_metric_names([o.metric for o in self.objectives])
+            with warnings.catch_warnings():  # "experimental" since Optuna 3.2; plots and dashboards read it
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                study.set_metric_names([o.metric for o in self.objectives])
         self.replay(study)
         return study
 
     def make_storage(self) -> optuna.storages.BaseStorage:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
+        if self.storage == MEMORY_STORAGE:  # one process, nothing to resume: no heartbeat either
+            return optuna.storages.InMemoryStorage()
         try:
             with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna 5; we rely on them
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                sqlite = self.storage.startswith("sqlite:")
                 return optuna.storages.RDBStorage(
-                    self.storage, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
+                    self.storage, engine_kwargs={"connect_args": {"factory": WalConnection}} if sqlite else None,
+                    heartbeat_interval=self.heartbeat_s, grace_period=self.grace_s,
                     heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(MAX_RETRY))
         except Exception as err:  # SQLAlchemy raises many kinds for a bad URL or an unreachable server
             raise SpecError(f"cannot open study storage: {err}", location=Location("--storage"),
-                            expected="sqlite:///PATH.db or another SQLAlchemy URL", found=self.storage) from None
+                            expected=f"sqlite:///PATH.db, another SQLAlchemy URL or {MEMORY_STORAGE}",
+                            found=self.storage) from None
 
     def study_attrs(self) -> dict[str, Any]:
         return {"space_hash": self.space_hash, "space": self.spec.name, "strategy": self.strategy,
@@ -234,6 +288,8 @@ class Search:
             metrics = self.evaluator.evaluate(concrete, self.metrics, key)
         violations = [c.violation(metrics[c.metric]) for c in self.constraints]
         feasible = not any(v > 0 for v in violations)
+        for constraint, violation in zip(self.constraints, violations):  # read by TPE, GP and NSGA-II
+            trial.set_constraint(str(constraint), violation)
         trial.set_user_attr("metrics", metrics)
         trial.set_user_attr("constraints", violations or [0.0])
         trial.set_user_attr("feasible", feasible)
@@ -275,11 +331,13 @@ def failed(study: optuna.Study) -> int:
 
 
 def best_trials(study: optuna.Study, top: int = 5) -> list[optuna.trial.FrozenTrial]:
-    """Single objective: the ``top`` best feasible trials; several: the feasible Pareto front."""
+    """The ``top`` best feasible networks: for one objective in its order; for several, members of the
+    feasible Pareto front, best first objective first (so the front reads as a trade-off curve). A
+    duplicate trial (a network met again) is left out: its first evaluation stands for it."""
     done = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-            if t.user_attrs.get("feasible", True)]
-    if len(study.directions) > 1:
-        front = {t.number for t in study.best_trials}
-        return [t for t in done if t.number in front]
-    sign = 1 if study.direction == optuna.study.StudyDirection.MINIMIZE else -1
-    return sorted(done, key=lambda t: sign * t.values[0])[:top]
+            if t.user_attrs.get("feasible", True) and "duplicate_of" not in t.user_attrs]
+    signs = [1 if d == optuna.study.StudyDirection.MINIMIZE else -1 for d in study.directions]
+    points = {t.number: [s * v for s, v in zip(signs, t.values)] for t in done}
+    if len(signs) > 1:
+        done = [t for t in done if not any(dominates(q, points[t.number]) for q in points.values())]
+    return sorted(done, key=lambda t: (points[t.number], t.number))[:top]
