@@ -37,9 +37,13 @@ class ZooEntry:
 
 
 def members(path: Path) -> Iterator[Spec]:
-    """The spec at its defaults, then each named variant."""
-    yield load(path)
-    for name in variants(load_document(path)):
+    """The spec at its defaults, then each named variant (a variant named like the spec stands for the
+    defaults, so the defaults are not listed twice)."""
+    document = load_document(path)
+    names = list(variants(document))
+    if document.name not in names:
+        yield load(path)
+    for name in names:
         yield load(path, variant=name)
 
 
