@@ -134,9 +134,10 @@ class Space:
 
     # -- structure ----------------------------------------------------------------------------------
     def structural(self, choices: list[ChoicePoint] | None = None) -> list[ChoicePoint]:
-        """Choice points whose value changes which other choice points exist (depth, block choices)."""
+        """Choice points (of ``choices``, default all) whose value changes which choice points exist
+        (depth, block choices), judged against every choice point met at the current decisions."""
+        base = {c.label for c in self.choices}
         choices = self.choices if choices is None else choices
-        base = {c.label for c in choices}
         out = []
         for c in choices:
             if option_count(c) is None:
@@ -153,14 +154,20 @@ class Space:
 
     def size(self) -> int | None:
         """The number of distinct decision sets (networks up to isomorphism are not merged here);
-        None when a continuous choice makes it infinite or the conditional structure is too large."""
-        return self._size(dict(self.decided), [0])
+        None when a continuous choice makes it infinite or the conditional structure is too large.
 
-    def _size(self, fixed: Assignment, leaves: list[int]) -> int | None:
+        Whether a choice is structural is judged once, where it first appears (a layer's kernel choice
+        does not become structural because an earlier depth was decided), which keeps the count to one
+        expansion per option of each choice plus one per structural branch."""
+        return self._size(dict(self.decided), [0], {})
+
+    def _size(self, fixed: Assignment, leaves: list[int], known: dict[str, bool]) -> int | None:
         sub = Space(self.spec, fixed)
-        choices = sub.choices
-        free = [c for c in choices if c.label not in fixed]
-        structural = sub.structural(free)
+        free = [c for c in sub.choices if c.label not in fixed]
+        fresh = [c for c in free if c.label not in known]
+        flagged = {c.label for c in sub.structural(fresh)} if fresh else set()
+        known.update({c.label: c.label in flagged for c in fresh})
+        structural = [c for c in free if known[c.label]]
         if not structural:
             leaves[0] += 1
             counts = [option_count(c) for c in free]
@@ -170,7 +177,7 @@ class Space:
         for value in options_of(head):
             if leaves[0] > MAX_SIZE_LEAVES:
                 return None
-            part = self._size({**fixed, head.label: value}, leaves)
+            part = self._size({**fixed, head.label: value}, leaves, known)
             if part is None:
                 return None
             total += part
