@@ -321,10 +321,11 @@ def cmd_search(args: argparse.Namespace) -> int:
     search = Search(spec, args.strategy, objectives, constraints, args.budget, args.storage, args.study, args.seed,
                     evaluator)
     con = _console()
-    con.print(f"searching {escape(spec.name)} with {args.strategy}: "
-              f"{', '.join(map(str, objectives))}"
-              + (f" subject to {', '.join(map(str, constraints))}" if constraints else "")
-              + f"; study {escape(search.study_name or '')} in {escape(args.storage)}")
+    if not args.json:
+        con.print(f"searching {escape(spec.name)} with {args.strategy}: "
+                  f"{', '.join(map(str, objectives))}"
+                  + (f" subject to {', '.join(map(str, constraints))}" if constraints else "")
+                  + f"; study {escape(search.study_name or '')} in {escape(args.storage)}")
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),

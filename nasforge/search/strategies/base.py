@@ -36,6 +36,11 @@ class Strategy:
         self.seed = seed
         self.history: list[Result] = []
 
+    def reseed(self, seed: int) -> None:
+        """Start a new random stream (a resumed search must not repeat the first run's proposals)."""
+        self.seed = seed
+        self.rng = random.Random(seed)
+
     def ask(self) -> Assignment | None:
         raise NotImplementedError
 
