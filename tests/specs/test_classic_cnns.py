@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 import nasforge
+from tests.specs.weights import fan_in_random_state
 
 MODELS = Path(__file__).resolve().parents[2] / "specs" / "models"
 VGG = MODELS / "vgg16.yaml"
@@ -33,30 +34,11 @@ def _shape(spec, path: str) -> tuple[int, ...]:
     return tuple(spec.graph.nodes[path].outputs[0].concrete_shape({"B": 1}))
 
 
-def _randomize(module: nn.Module, seed: int = 0) -> dict[str, torch.Tensor]:
-    """A state_dict with random weights (scaled by fan-in, so deep nets neither explode nor vanish),
-    biases and BN statistics (so BN is not the identity)."""
-    gen = torch.Generator().manual_seed(seed)
-    state = {}
-    for key, value in module.state_dict().items():
-        if not value.is_floating_point():
-            state[key] = value
-        elif "running_var" in key:
-            state[key] = 0.5 + torch.rand(value.shape, generator=gen)
-        elif value.dim() > 1:
-            state[key] = torch.randn(value.shape, generator=gen) * (value[0].numel() ** -0.5)
-        elif key.endswith("weight"):
-            state[key] = 1.0 + 0.1 * torch.randn(value.shape, generator=gen)
-        else:
-            state[key] = 0.1 * torch.randn(value.shape, generator=gen)
-    return state
-
-
 def _compare(spec, ref: nn.Module, key_map, sizes: tuple[int, ...], channels: int = 3) -> None:
     """Load one random state_dict into both (ref keys -> spec keys by ``key_map``) and compare outputs."""
     gm = spec.build().eval()
     ref = ref.eval()
-    state = _randomize(ref)
+    state = fan_in_random_state(ref)
     mapped = {key_map(k): v for k, v in state.items()}
     assert {k: v.shape for k, v in gm.state_dict().items()} == {k: v.shape for k, v in mapped.items()}
     ref.load_state_dict(state)

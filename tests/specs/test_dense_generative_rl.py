@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import nasforge
+from tests.specs.weights import fan_in_random_state
 
 MODELS = Path(__file__).resolve().parents[2] / "specs" / "models"
 FCN = MODELS / "fcn8s.yaml"
@@ -35,30 +36,11 @@ def _shape(spec, path: str) -> tuple[int, ...]:
     return tuple(spec.graph.nodes[path].outputs[0].concrete_shape({"B": 1}))
 
 
-def _randomize(module: nn.Module, seed: int = 0) -> dict[str, torch.Tensor]:
-    """A state_dict with random weights (scaled by fan-in so deep nets keep their scale), biases and BN
-    statistics (so BN is not the identity)."""
-    gen = torch.Generator().manual_seed(seed)
-    state = {}
-    for key, value in module.state_dict().items():
-        if not value.is_floating_point():
-            state[key] = value
-        elif "running_var" in key:
-            state[key] = 0.5 + torch.rand(value.shape, generator=gen)
-        elif value.dim() > 1:
-            state[key] = torch.randn(value.shape, generator=gen) * (value[0].numel() ** -0.5)
-        elif key.endswith("weight"):
-            state[key] = 1.0 + 0.1 * torch.randn(value.shape, generator=gen)
-        else:
-            state[key] = 0.1 * torch.randn(value.shape, generator=gen)
-    return state
-
-
 def _compare(spec, ref: nn.Module, *inputs: torch.Tensor) -> None:
     """One random state_dict in both (same keys), same outputs in eval mode."""
     gm = spec.build().eval()
     ref = ref.eval()
-    state = _randomize(ref)
+    state = fan_in_random_state(ref)
     assert {k: v.shape for k, v in gm.state_dict().items()} == {k: v.shape for k, v in state.items()}
     gm.load_state_dict(state)
     ref.load_state_dict(state)

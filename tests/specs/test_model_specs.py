@@ -25,6 +25,7 @@ from nasforge.cli import main as cli_main
 from nasforge.compiler.fx_builder import example_inputs
 from nasforge.dsl.document import load_document
 from nasforge.dsl.variants import variants
+from tests.specs.weights import small_random_state
 
 ROOT = Path(__file__).resolve().parents[2]
 MODELS = sorted((ROOT / "specs" / "models").glob("*.yaml"))
@@ -256,22 +257,6 @@ def test_lenet5_activation_and_pooling_are_parameters():
     assert (modern.check().totals.params, modern.check().totals.macs) == (base.params, base.macs)
 
 
-# -- shared -----------------------------------------------------------------------------------------
-
-def _randomize(module: nn.Module, seed: int = 0) -> dict[str, torch.Tensor]:
-    """A state_dict with random weights and BN statistics (so BN is not the identity)."""
-    gen = torch.Generator().manual_seed(seed)
-    state = {}
-    for key, value in module.state_dict().items():
-        if not value.is_floating_point():
-            state[key] = value
-        elif "running_var" in key:
-            state[key] = 0.5 + torch.rand(value.shape, generator=gen)
-        else:
-            state[key] = 0.05 * torch.randn(value.shape, generator=gen)
-    return state
-
-
 # -- ViT -----------------------------------------------------------------------------------------------
 
 class _Attention(nn.Module):
@@ -335,7 +320,7 @@ def test_vit_equals_an_independent_timm_layout(overrides, dim, heads):
     spec = nasforge.load(VIT, **overrides)
     gm = spec.build()
     ref = _ReferenceViT(dim, spec.graph.meta["params"]["depth"], heads).eval()
-    state = {_TIMM_TO_SPEC.get(k, k): v for k, v in _randomize(ref).items()}
+    state = {_TIMM_TO_SPEC.get(k, k): v for k, v in small_random_state(ref).items()}
     assert {k: v.shape for k, v in gm.state_dict().items()} == {k: v.shape for k, v in state.items()}
     gm.load_state_dict(state)
     ref.load_state_dict({k: state[_TIMM_TO_SPEC.get(k, k)] for k in ref.state_dict()})

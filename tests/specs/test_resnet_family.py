@@ -19,6 +19,7 @@ from torch import nn
 
 import nasforge
 from nasforge.cli import main as cli_main
+from tests.specs.weights import small_random_state
 
 MODELS = Path(__file__).resolve().parents[2] / "specs" / "models"
 RESNET = MODELS / "resnet.yaml"
@@ -214,20 +215,6 @@ class _ReferenceResNet(nn.Module):
         return self.fc(x.mean((2, 3)))
 
 
-def _randomize(module: nn.Module, seed: int = 0) -> dict[str, torch.Tensor]:
-    """A state_dict with random weights and BN statistics (so BN is not the identity)."""
-    gen = torch.Generator().manual_seed(seed)
-    state = {}
-    for key, value in module.state_dict().items():
-        if not value.is_floating_point():
-            state[key] = value
-        elif "running_var" in key:
-            state[key] = 0.5 + torch.rand(value.shape, generator=gen)
-        else:
-            state[key] = 0.05 * torch.randn(value.shape, generator=gen)
-    return state
-
-
 BASIC = {"bottleneck": False}
 BOTTLENECK = {"bottleneck": True}
 
@@ -252,7 +239,7 @@ def test_equals_an_independent_implementation(path, variant, size, reference):
     gm = spec.build()
     ref = _ReferenceResNet(**reference).eval()
     assert [(k, v.shape) for k, v in gm.state_dict().items()] == [(k, v.shape) for k, v in ref.state_dict().items()]
-    state = _randomize(ref)
+    state = small_random_state(ref)
     ref.load_state_dict(state)
     gm.load_state_dict(state)
     x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(1))
