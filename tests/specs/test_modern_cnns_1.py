@@ -23,6 +23,7 @@ from torch import nn
 import nasforge
 from nasforge.cli import main as cli_main
 from nasforge.compiler.fx_builder import example_inputs
+from tests.specs.weights import params_of, rows_of, shape_of, small_random_state
 
 ROOT = Path(__file__).resolve().parents[2]
 CONVNEXT = ROOT / "specs" / "models" / "convnext.yaml"
@@ -55,41 +56,15 @@ VARIANTS = [
 ]
 
 
-def params_of(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
-
-
-def rows_of(spec, depth: int | None = None) -> dict[str, tuple[int, int]]:
-    return {r.path: (r.params, r.macs) for r in spec.summary(depth=depth).rows}
-
-
-def shape_of(spec, path: str) -> tuple[int, ...]:
-    return tuple(spec.graph.nodes[path].outputs[0].concrete_shape({"B": 1}))
-
-
 def numel_of(spec, path: str) -> int:
     return int(torch.Size(shape_of(spec, path)).numel())
-
-
-def randomize(module: nn.Module, seed: int = 0) -> dict[str, torch.Tensor]:
-    """A state_dict of random weights, BN statistics, LayerScale and GRN parameters (none the identity)."""
-    gen = torch.Generator().manual_seed(seed)
-    state = {}
-    for key, value in module.state_dict().items():
-        if not value.is_floating_point():
-            state[key] = value
-        elif "running_var" in key:
-            state[key] = 0.5 + torch.rand(value.shape, generator=gen)
-        else:
-            state[key] = 0.1 * torch.randn(value.shape, generator=gen)
-    return state
 
 
 def assert_same_function(spec, reference: nn.Module, to_spec, size: int) -> None:
     """Same parameters (after the key mapping) and the same outputs with the same random weights."""
     gm = spec.build()
     reference.eval()
-    state = randomize(reference)
+    state = small_random_state(reference, scale=0.1)
     reference.load_state_dict(state)
     ours = gm.state_dict()
     mapped = {to_spec(k): v for k, v in state.items()}

@@ -21,6 +21,7 @@ from torch import nn
 
 import nasforge
 from nasforge.cli import main as cli_main
+from tests.specs.weights import params_of, rows_of, shape_of
 
 ROOT = Path(__file__).resolve().parents[2]
 HORNET = ROOT / "specs" / "models" / "hornet.yaml"
@@ -43,18 +44,6 @@ VARIANTS = [
     (VOVNET, "vovnet39", {}, 22_600_296, 7.09e9),
     (VOVNET, "vovnet57", {"block_per_stage": [1, 1, 4, 3]}, 36_640_296, 8.95e9),
 ]
-
-
-def params_of(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
-
-
-def rows_of(spec, depth: int | None = None) -> dict[str, tuple[int, int]]:
-    return {r.path: (r.params, r.macs) for r in spec.summary(depth=depth).rows}
-
-
-def shape_of(spec, path: str) -> tuple[int, ...]:
-    return tuple(spec.graph.nodes[path].outputs[0].concrete_shape({"B": 1}))
 
 
 def channels_last_layer_norm_elements(spec) -> int:
