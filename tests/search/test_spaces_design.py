@@ -37,8 +37,8 @@ def shapes(spec: nasforge.Spec) -> dict[str, tuple[int, ...]]:
 # -- sizes: the stated decision counts, from the papers' option lists and from nasforge's count --------
 
 @pytest.mark.parametrize("path,expected", [
-    # depths 3*3*5*3, widths 3^4, stem norm 2, head 2, per stage ConvNeXt + 2*4*3 InceptionNeXt settings
-    (CONVNEXT, 3 * 3 * 5 * 3 * 3 ** 4 * 2 * 2 * (1 + 2 * 4 * 3) ** 4),
+    # depths 3*3*5*3, widths 3^4, stem norm 2, head 2, per stage 5 ConvNeXt kernels + 2*4*3 InceptionNeXt settings
+    (CONVNEXT, 3 * 3 * 5 * 3 * 3 ** 4 * 2 * 2 * (5 + 2 * 4 * 3) ** 4),
     # per stage: 5 widths, 3 fixed layers of 4x7 settings, 3 removable layers of 4x7 + removed
     (VIT, (5 * (4 * 7) ** 3 * (4 * 7 + 1) ** 3) ** 3),
     # depths at 1/4, 1/8, 1/16 (5, 5, 9 options) and an op per layer
@@ -85,6 +85,23 @@ def test_convnext_design_choices_reach_the_blocks():
     assert "stages.0.blocks.2.norm.weight" not in weights            # depth 2
     assert weights["stages.1.blocks.0.conv_dw.weight"] == (192, 1, 7, 7)   # stage 1 stays ConvNeXt
     assert sum(1 for k in weights if k.startswith("stages.2.blocks.") and k.endswith("conv_dw.weight")) == 6
+
+
+def test_convnext_design_depthwise_kernel_is_a_choice():
+    spec = load(CONVNEXT)
+    assert spec.check().totals.params == 28_589_128  # the defaults are ConvNeXt-T (kernel 7 everywhere)
+    kernels = {o["kernel"] for c in spec.choices if c.label == "stages.3.block" for o in c.options
+               if o["block"] == "convnext_stage"}
+    assert kernels == {3, 5, 7, 9, 11}  # ConvNeXt's Sec. 2.5
+    small = spec.with_choices({"stages.1.block": {"block": "convnext_stage", "block_type": "convnext_block",
+                                                  "kernel": 3}})
+    weights = shapes(small)
+    assert weights["stages.1.blocks.2.conv_dw.weight"] == (192, 1, 3, 3)
+    assert weights["stages.2.blocks.0.conv_dw.weight"] == (384, 1, 7, 7)
+    # a 3x3 instead of a 7x7 depthwise kernel in stage 1 saves (49 - 9) weights per channel and block
+    assert spec.check().totals.params - small.check().totals.params == 3 * 192 * 40
+    out = small.build()(*example_inputs(small.graph, batch=1))
+    assert out.shape == (1, 1000)
 
 
 # -- ViT-ResNAS ------------------------------------------------------------------------------------
