@@ -7,6 +7,7 @@ parameters and FLOPs, and builds it as a ``torch.fx.GraphModule``::
     spec = nasforge.load("specs/models/resnet.yaml")
     print(spec.check().totals)
     gm = spec.build()
+    compiled = nasforge.load_artifact("out/")    # what `nasforge compile ... -o out/` wrote
 """
 
 from nasforge.errors import Location, SpecError
@@ -20,7 +21,11 @@ def __getattr__(name: str):
         from nasforge import api
 
         return getattr(api, name)
+    if name == "load_artifact":  # torch-free: ONNX Runtime and TVM artifacts load without it
+        from nasforge.backends.artifact import load_artifact
+
+        return load_artifact
     raise AttributeError(f"module 'nasforge' has no attribute {name!r}")
 
 
-__all__ = ["load", "loads", "Spec", "SpecError", "Location", "__version__"]
+__all__ = ["load", "loads", "load_artifact", "Spec", "SpecError", "Location", "__version__"]

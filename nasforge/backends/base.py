@@ -10,6 +10,7 @@ This module imports neither torch nor tvm: a deployed artifact loads through it 
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from abc import ABC, abstractmethod
@@ -80,6 +81,14 @@ def measure_latency(call: Callable[[], Any], warmup: int = 10, repeats: int = 50
                    min_ms=ordered[0], max_ms=ordered[-1], repeats=len(ordered), warmup=warmup)
 
 
+def host_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, not the machine's count): thread pools
+    sized by it neither oversubscribe a container nor leave cores idle."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
 @dataclass
 class CompileInfo:
     """What compiling cost and what it did: reported, never hidden (seconds; tuning summary per backend)."""
@@ -102,6 +111,9 @@ class CompiledModule(ABC):
     """
 
     backend: str = ""
+    rebuilds_from_spec: bool = False
+    """True where :meth:`load` rebuilds the network from the artifact's copy of the spec (eager,
+    inductor): such a module can only be written into an artifact together with its spec."""
 
     def __init__(self, target: str, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec],
                  info: CompileInfo | None = None) -> None:
