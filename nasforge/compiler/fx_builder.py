@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import operator
 import re
+from typing import Mapping
 
 import torch
 from torch import fx, nn
@@ -33,8 +34,10 @@ def class_name(name: str) -> str:
     return text if text[:1].isalpha() else f"Net{text}"
 
 
-def build_graph_module(graph: Graph) -> fx.GraphModule:
-    """Build the GraphModule for a typed IR graph (run inference first)."""
+def build_graph_module(graph: Graph, given: Mapping[str, nn.Module] | None = None) -> fx.GraphModule:
+    """Build the GraphModule for a typed IR graph (run inference first). A node whose path is in ``given``
+    calls that module instead of its op's lowering (returning a tuple when the node has several outputs):
+    how a one-shot supernet puts its mixed ops into a graph that the same builder emits."""
     fxg = fx.Graph()
     modules: dict[str, nn.Module] = {}
     values: dict[Value, fx.Node] = {}
@@ -43,12 +46,16 @@ def build_graph_module(graph: Graph) -> fx.GraphModule:
         ph.meta["nasforge_type"] = ttype
         values[Value(name)] = ph
     for node in graph:
-        op = get_op(node.op)
-        ctx = context_for(graph, node)
-        try:
-            lowered = op.lower(ctx)
-        except SpecError as err:
-            raise err.with_context(node.location, node.path) from None
+        sequence = len(node.outputs) != 1
+        if given is not None and node.path in given:
+            lowered: nn.Module | Call = given[node.path]
+        else:
+            op = get_op(node.op)
+            sequence = sequence or op.returns_sequence
+            try:
+                lowered = op.lower(context_for(graph, node))
+            except SpecError as err:
+                raise err.with_context(node.location, node.path) from None
         args = [values[v] for v in node.inputs]
         if isinstance(lowered, Call):
             call_args = ([args] if lowered.pack_inputs else args) + list(lowered.args)
@@ -59,7 +66,7 @@ def build_graph_module(graph: Graph) -> fx.GraphModule:
             out = fxg.create_node("call_module", node.path, tuple(args), {}, name=fx_name(node.path))
         out.meta["nasforge_path"] = node.path
         out.meta["nasforge_op"] = node.op
-        if len(node.outputs) == 1 and not op.returns_sequence:
+        if not sequence:
             values[Value(node.path)] = out
             out.meta["nasforge_type"] = node.outputs[0]
         else:

@@ -38,6 +38,9 @@ INDEX_RE = re.compile(r"[0-9]{1,9}")
 """An output index in ``id:N`` (ASCII digits: ``str.isdigit`` also accepts other scripts' digits)."""
 MAX_BLOCK_DEPTH = 64
 MAX_NODES = 200_000
+BOUNDARY = "/out"
+"""Infix of the marks a boundary-marking expansion puts after a block instance: ``PATH/out0`` (no valid id
+contains ``/``, so a mark never clashes with a node)."""
 RESERVED_IDS = frozenset(n for n in dir(fx.GraphModule) if not n.startswith("__")) | {"code", "graph", "training", "meta"}
 
 
@@ -67,13 +70,19 @@ class Expander:
     """Turns one :class:`Document` into a :class:`Graph` (types not yet inferred)."""
 
     def __init__(self, doc: Document, overrides: Mapping[str, Any] | None = None,
-                 assignment: Mapping[str, Any] | None = None, strict: bool = True) -> None:
+                 assignment: Mapping[str, Any] | None = None, strict: bool = True,
+                 boundaries: bool = False) -> None:
         self.doc = doc
         self.overrides = dict(overrides or {})
         self.assignment = dict(assignment or {})
         self.strict = strict
         """Whether a decision for a label that no choice point has is an error (a sampler deciding a
         conditional space may hold decisions for choices that the other decisions removed)."""
+        self.boundaries = boundaries
+        """Whether each block instance hands its outputs on through ``identity`` nodes at ``PATH/outK``
+        (:data:`BOUNDARY`). The network is the same; the marks let the one-shot supernet builder see where
+        a block instance begins and ends, even one whose output is its own input (a skip connection), by
+        comparing the expansions of a space's members (``nasforge.search.oneshot.sites``)."""
         self.nodes: dict[str, Node] = {}
         self.choices: list[ChoicePoint] = []
         self.params_env: dict[str, Any] = {}
@@ -381,6 +390,8 @@ class Expander:
                 name = self.ref_name(ref)
                 if name in ids and not (isinstance(ref, str) and ref.startswith("$")):
                     g.add_edge(ids[name], i, loc=ref_loc)
+        if all(a < b for a, b in g.edges):  # written in dependency order already: the common case, and cheap
+            return list(range(len(parsed)))
         try:
             return list(nx.lexicographical_topological_sort(g))
         except nx.NetworkXUnfeasible:
@@ -519,7 +530,8 @@ class Expander:
             raise SpecError(f"'{key}' must name an op or block", location=entry.loc_of(key), node_path=path,
                             expected="a name", found=shown(target))
         if target in self.doc.blocks and (key == "block" or target not in all_ops()):
-            return self.expand_block(self.doc.blocks[target], entry, attrs_raw, path, inputs, env, scope)
+            outputs = self.expand_block(self.doc.blocks[target], entry, attrs_raw, path, inputs, env, scope)
+            return self.boundary(path, outputs, entry.loc) if self.boundaries else outputs
         if key == "block":
             raise SpecError(f"unknown block {target!r}", location=entry.loc_of("block"), node_path=path,
                             expected="one of " + (", ".join(self.doc.blocks) or "(no blocks defined)"),
@@ -549,6 +561,21 @@ class Expander:
                             expected="unique node paths", found=f"{path!r} again")
         self.nodes[path] = node
         return [Value(path, ALL_OUTPUTS)]
+
+    def boundary(self, path: str, outputs: list[Value], loc: Location) -> list[Value]:
+        """Pass a block instance's outputs through ``identity`` nodes ``PATH/out0``, ``PATH/out1``... (see
+        :attr:`boundaries`). An output that stands for every output of a sequence op (``split``) is
+        handed on unmarked: its number of tensors is known only after inference."""
+        marked = []
+        for k, value in enumerate(outputs):
+            source = self.nodes.get(value.node)
+            if value.index == ALL_OUTPUTS and source is not None and get_op(source.op).returns_sequence:
+                marked.append(value)
+                continue
+            mark = f"{path}{BOUNDARY}{k}"
+            self.nodes[mark] = Node(mark, "identity", {}, [value], loc)
+            marked.append(Value(mark))
+        return marked
 
     def ties(self, entry: LocDict, env: dict[str, Any], path: str) -> dict[str, str]:
         """``tie: {weight: wte.weight}``: this node's parameter is the same tensor as another node's

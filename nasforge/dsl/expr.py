@@ -20,6 +20,7 @@ parser and a tree evaluator implement exactly this language, lowest precedence f
 
 from __future__ import annotations
 
+import functools
 import math
 import operator
 import re
@@ -487,8 +488,11 @@ def is_expression(value: object) -> bool:
     return isinstance(value, str) and value.startswith("$")
 
 
+@functools.lru_cache(maxsize=4096)
 def parse_expression(text: str) -> Expr:
-    """Parse a whole ``$name`` or ``${ <expr> }`` spec string; error offsets index into ``text``."""
+    """Parse a whole ``$name`` or ``${ <expr> }`` spec string; error offsets index into ``text``. Parses are
+    cached (an :class:`Expr` is immutable): a block's expressions are met once per instance, and a supernet
+    build expands one space hundreds of times."""
     if len(text) > MAX_SOURCE_LENGTH:
         raise _error(text, 0, "expression is too long", f"at most {MAX_SOURCE_LENGTH} characters",
                      f"{len(text)} characters")
