@@ -72,17 +72,17 @@ def run_on_numpy(fn: Callable[..., Any], arrays: Sequence[np.ndarray], device: t
 
 
 class _AtenRecorder(TorchDispatchMode):
-    """Records, for each aten overload dispatched, the fx node that was running when it first ran."""
+    """Records, for each aten op dispatched, the fx nodes that ran it (in the order they first did)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.current: fx.Node | None = None
-        self.first: dict[str, fx.Node] = {}
+        self.nodes: dict[str, dict[fx.Node, None]] = {}
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001 (torch's signature)
         name = func.overloadpacket.__name__
         if self.current is not None:
-            self.first.setdefault(name, self.current)
+            self.nodes.setdefault(name, {})[self.current] = None
         return func(*args, **(kwargs or {}))
 
 
@@ -102,19 +102,26 @@ def locate_aten_op(gm: fx.GraphModule, example_inputs: Sequence[torch.Tensor],
 
     Backends speak aten (``aten::fft_rfft``); users speak spec nodes. One forward pass under a dispatch
     mode maps each aten op to the first fx node that ran it, and fx nodes carry the spec's op and path.
-    Returns None when the message names no aten op this graph runs.
+    Returns None when the message names no aten op this graph runs; when several nodes run that op, the
+    path lists them all ("one of a, b").
     """
-    wanted = re.findall(r"aten::(\w+)|aten\.(\w+)", message)
-    names = [a or b for a, b in wanted]
+    # "aten::roll" / "aten.roll" (dispatcher names), "export of operator roll" (the TorchScript ONNX exporter)
+    wanted = re.findall(r"aten::(\w+)|aten\.(\w+)|export of operator (\w+)", message)
+    names = [(a or b or c).lower() for a, b, c in wanted]
     if not names:
         return None
     recorder = _AtenRecorder()
     with torch.inference_mode(), recorder:
         _NodeTracker(gm, recorder).run(*example_inputs)
     for name in names:
-        node = recorder.first.get(name)
-        if node is not None:
-            return str(node.meta.get("nasforge_op", node.target)), str(node.meta.get("nasforge_path", node.name))
+        nodes = list(recorder.nodes.get(name, ()))
+        if not nodes:
+            continue
+        ops = {str(n.meta.get("nasforge_op", n.target)) for n in nodes}
+        paths = [str(n.meta.get("nasforge_path", n.name)) for n in nodes]
+        # Several nodes run this aten op and the message does not say which failed: name them all rather
+        # than blame the first (which may be one the backend lowers fine).
+        return " or ".join(sorted(ops)), paths[0] if len(paths) == 1 else "one of " + ", ".join(paths)
     return None
 
 

@@ -37,7 +37,8 @@ class VectorQuantizer(nn.Module):
         nn.init.uniform_(self.embedding.weight, -1.0 / codes, 1.0 / codes)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        z = x.movedim(1, -1) if self.channels_first else x
+        # non-negative axes (ONNX Runtime refuses a Transpose with negative ones)
+        z = x.movedim(1, x.dim() - 1) if self.channels_first else x
         codebook = self.embedding.weight
         flat = z.reshape(-1, codebook.shape[1])
         distances = (flat.pow(2).sum(1, keepdim=True) + codebook.pow(2).sum(1)
@@ -46,7 +47,7 @@ class VectorQuantizer(nn.Module):
         quantized = F.embedding(indices, codebook).view(z.shape)
         quantized = z + (quantized - z).detach()
         if self.channels_first:
-            quantized = quantized.movedim(-1, 1)
+            quantized = quantized.movedim(quantized.dim() - 1, 1)
         return quantized, indices.view(z.shape[:-1])
 
     def extra_repr(self) -> str:

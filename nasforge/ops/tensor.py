@@ -163,7 +163,8 @@ class Permute(LayoutOp):
         return [x.with_shape(x.shape[a] for a in axes)]
 
     def lower(self, ctx: OpContext) -> Call:
-        return Call(torch.permute, (ctx["dims"],))
+        # Non-negative axes: the ONNX exporter writes negative ones into Transpose, which ONNX Runtime refuses.
+        return Call(torch.permute, ([d % ctx.x.rank for d in ctx["dims"]],))
 
 
 @register
@@ -564,4 +565,13 @@ class Roll(LayoutOp):
         return [ctx.x]
 
     def lower(self, ctx: OpContext) -> Call:
+        if ctx["axes"] is None:
+            # torch.roll without dims rolls the flattened tensor; spelled out (flatten, roll axis 0, reshape)
+            # because the ONNX exporter asserts on a roll without dims.
+            return Call(roll_flat, (ctx["shifts"],))
         return Call(torch.roll, (ctx["shifts"], ctx["axes"]))
+
+
+def roll_flat(x: torch.Tensor, shift: int) -> torch.Tensor:
+    """``torch.roll(x, shift)`` (no dims) as a roll of the flattened tensor along its only axis."""
+    return torch.roll(x.reshape(-1), shift, 0).reshape(x.shape)
