@@ -263,14 +263,26 @@ def chunks(cases: Sequence[Case], size: int) -> list[list[Case]]:
     return groups
 
 
-def retry_groups(group: list[Case], culprit: Case | None) -> list[list[Case]]:
+def suspects(err: BaseException, group: list[Case]) -> list[Case]:
+    """The examples an error names as "one of a, b, c" (several nodes run the op the backend refused)."""
+    path = err.node_path if isinstance(err, SpecError) else None
+    if not path or not path.startswith("one of "):
+        return []
+    named = set(path[len("one of "):].split(", "))
+    return [c for c in group if c.path in named]
+
+
+def retry_groups(group: list[Case], culprit: Case | None, suspected: list[Case] | None = None) -> list[list[Case]]:
     """The groups to compile again after ``group`` failed.
 
     A failure pinned to one example removes it, and its op's other examples go on alone: they often fail
-    the same way, and then cost a tiny network each instead of the whole group again. A failure pinned to
-    nothing is bisected, by whole ops first.
+    the same way, and then cost a tiny network each instead of the whole group again. A failure that names
+    several suspects compiles each suspect alone and the rest together. A failure pinned to nothing is
+    bisected, by whole ops first.
     """
-    if culprit is not None:
+    if suspected:
+        parts = [[c] for c in suspected] + [[c for c in group if c not in suspected]]
+    elif culprit is not None:
         rest = [c for c in group if c is not culprit]
         parts = [[c for c in rest if c.op == culprit.op], [c for c in rest if c.op != culprit.op]]
     else:
@@ -310,7 +322,7 @@ def run_backend(backend: str, cases: Sequence[Case], target: str = "x86", chunk:
                 named = group[0]
             if named is not None:
                 run.results.append(failure(named, err, backend))
-            for part in retry_groups(group, named):
+            for part in retry_groups(group, named, suspects(err, group) if named is None else []):
                 attempt(part)
             return
         position = 0
