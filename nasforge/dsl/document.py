@@ -13,11 +13,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nasforge.dsl.training_section import training_section
 from nasforge.dsl.yaml_loader import LocDict, LocList, kind_of, load_yaml_file, load_yaml_text, shown
 from nasforge.errors import Location, SpecError, did_you_mean
 
 TOP_LEVEL_KEYS = ("nasforge", "name", "doc", "paper", "params", "let", "variants", "imports", "inputs",
-                  "blocks", "graph", "outputs")
+                  "blocks", "graph", "outputs", "training")
 BLOCK_KEYS = ("doc", "args", "let", "inputs", "nodes", "outputs")
 NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 REQUIRED_ARG = object()
@@ -168,6 +169,7 @@ def load_document(source: str | Path, *, text: str | None = None,
         if value is not None and (not isinstance(value, kinds) or isinstance(value, bool)):
             raise SpecError(f"{key!r} has the wrong form", location=raw.loc_of(key), node_path=key,
                             expected=wanted, found=kind_of(value))
+    training_section(raw)  # checked on load: a typo in how to train fails `nasforge check`, not a search
     own_stack = _stack + ((doc.path,) if doc.path else ())
     for imp_loc, imp_path, wanted in _imports(doc):
         _merge_import(doc, imp_loc, imp_path, wanted, own_stack)

@@ -1,23 +1,22 @@
 """Objectives and constraints: what a search optimizes and what a candidate must satisfy.
 
 ``--objective accuracy:max --objective latency_ms:min --constraint "params<=5e6"``. Metrics are computed
-by :class:`Evaluator`: the static ones (params, MACs, memory) from nasforge's analysis, latency measured on
-the eager module (cached per distinct network), accuracy after a short training run, and zero-cost proxies.
+by :class:`Evaluator`: the static ones (params, MACs, memory) from nasforge's analysis, latency measured on a
+backend and target (eager by default; cached per distinct network in the machine's latency cache) or
+estimated from a per-workload lookup table (:mod:`nasforge.search.latency_lut`), accuracy after a short
+training run, and zero-cost proxies.
 """
 
 from __future__ import annotations
 
 import re
-import statistics
-import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
-import torch
-
 from nasforge.api import Spec
-from nasforge.compiler.fx_builder import example_inputs
 from nasforge.errors import Location, SpecError, did_you_mean
+from nasforge.search.latency_cache import LatencyCache
+from nasforge.search.latency_lut import LatencyLUT, LatencyMeter
 
 STATIC_METRICS = {
     "params": "trainable parameters",
@@ -27,7 +26,8 @@ STATIC_METRICS = {
     "peak_memory_mb": "inference peak of live tensors per sample (MB)",
 }
 MEASURED_METRICS = {
-    "latency_ms": "median eager latency at batch 1 on this machine (ms)",
+    "latency_ms": "median latency at batch 1 on this machine, on --latency-backend for --latency-target (ms)",
+    "latency_lut_ms": "latency estimated as the sum of per-workload latencies from the lookup table (ms)",
     "accuracy": "validation accuracy after a short training run on --dataset",
     "train_loss": "final training loss of that run",
 }
@@ -114,9 +114,25 @@ class Evaluator:
 
     trainer: Callable[[Spec], Mapping[str, float]] | None = None
     proxies: Callable[[Spec, list[str]], Mapping[str, float]] | None = None
-    latency_repeats: int = 20
-    latency_warmup: int = 3
-    _latency_cache: dict[str, float] = field(default_factory=dict)
+    latency: LatencyMeter = field(default_factory=LatencyMeter)
+    """The backend, target and repeats both latency objectives measure with."""
+    latency_cache: LatencyCache = field(default_factory=LatencyCache.in_memory)
+    """Measured latencies by graph hash (``latency_ms``) and by workload (``latency_lut_ms``); the CLI
+    passes the machine's persistent one (shared by workers)."""
+
+    def __post_init__(self) -> None:
+        self.lut = LatencyLUT(self.latency, self.latency_cache)
+
+    def settings(self, metrics: list[str]) -> dict[str, Any]:
+        """How the measured metrics among ``metrics`` are obtained (a study records it: numbers compare
+        only when these agree): the training run's options, the latency backend and target."""
+        out: dict[str, Any] = {}
+        if set(metrics) & {"accuracy", "train_loss"} and hasattr(self.trainer, "settings"):
+            out["training"] = self.trainer.settings()
+        if set(metrics) & {"latency_ms", "latency_lut_ms"}:
+            out["latency"] = {"backend": self.latency.backend, "target": self.latency.target,
+                              "repeats": self.latency.repeats, "warmup": self.latency.warmup}
+        return out
 
     def evaluate(self, spec: Spec, metrics: list[str], key: str) -> dict[str, float]:
         """The requested metrics; ``key`` (the network's graph hash) caches measured latency."""
@@ -128,9 +144,10 @@ class Evaluator:
                       "memory_mb": t.activation_bytes / 1e6, "peak_memory_mb": t.peak_bytes / 1e6}
             out.update({k: float(v) for k, v in static.items() if k in needed})
         if "latency_ms" in needed:
-            if key not in self._latency_cache:
-                self._latency_cache[key] = measure_latency_ms(spec, self.latency_repeats, self.latency_warmup)
-            out["latency_ms"] = self._latency_cache[key]
+            out["latency_ms"] = self.latency_cache.get_or_measure(
+                key, self.latency.backend, self.latency.cache_target, lambda: self.latency.network_ms(spec))
+        if "latency_lut_ms" in needed:
+            out["latency_lut_ms"] = self.lut.estimate_ms(spec)
         if needed & {"accuracy", "train_loss"}:
             if self.trainer is None:
                 raise SpecError("accuracy needs a dataset", location=Location("--objective"),
@@ -145,17 +162,3 @@ class Evaluator:
             out.update({k: float(v) for k, v in self.proxies(spec, wanted_proxies).items()})
         return out
 
-
-def measure_latency_ms(spec: Spec, repeats: int = 20, warmup: int = 3) -> float:
-    """Median wall-clock latency of the eager module at batch 1 (inference mode)."""
-    gm = spec.build()
-    inputs = example_inputs(spec.graph, batch=1)
-    with torch.inference_mode():
-        for _ in range(warmup):
-            gm(*inputs)
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            gm(*inputs)
-            times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)

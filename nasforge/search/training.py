@@ -6,29 +6,41 @@ validation accuracy. Everything random (initialization, data order, dropout) is 
 seeded by ``seed`` inside a forked RNG state, so one seed gives one number for one network, and the
 caller's global RNG is left as it was. The defaults (3 epochs, batch 64, SGD with a cosine schedule) train
 a small CNN on digits in about a second on one CPU core: a ranking signal, not a converged accuracy.
+
+The options (optimizer, learning rate and schedule, warmup, weight decay, label smoothing) come from the
+command line or the spec's ``training:`` section (:mod:`nasforge.dsl.training_section`, which also holds
+the table they are checked against); :meth:`Trainer.for_spec` merges the two, the command line winning.
 """
 
 from __future__ import annotations
 
 import math
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Callable, Iterator
+from dataclasses import dataclass, field, fields
+from typing import Any, Callable, Iterator, Mapping
 
 import torch
 from torch import nn
 
 from nasforge.api import Spec
-from nasforge.errors import Location, SpecError, did_you_mean
+from nasforge.dsl.training_section import OPTIONS, check_options, training_section
+from nasforge.errors import Location, SpecError
 from nasforge.search.data import Dataset
 from nasforge.types import FLOAT_DTYPES, Sym, TensorType
 
 OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
     "sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW,
 }
+"""The torch class of each name in :data:`nasforge.dsl.training_section.OPTIMIZERS`."""
 DEFAULT_LR = {"sgd": 0.1, "adam": 1e-3, "adamw": 1e-3}
 """SGD at 0.1 is NAS-Bench-201's rate; Adam's is the usual 1e-3."""
-SCHEDULES = ("cosine", "constant")
+STEP_MILESTONES = (0.5, 0.75)
+STEP_GAMMA = 0.1
+"""The ``step`` schedule: the rate drops tenfold at half and at three quarters of the run (after warmup),
+the CIFAR ResNet schedule (He et al. 2016) scaled to the run's length."""
+ONECYCLE_DIV, ONECYCLE_FINAL_DIV, ONECYCLE_RISE = 25.0, 1e4, 0.3
+"""The ``onecycle`` schedule (Smith and Topin 2019, torch's ``OneCycleLR`` defaults): from lr/25 up to lr
+over the first 30 % of the run (or over ``warmup_epochs`` when given), then down to lr/25/1e4, both cosine."""
 EVAL_BATCH = 512
 """Validation runs without gradients, so a larger batch only saves Python overhead."""
 
@@ -69,9 +81,12 @@ class Trainer:
     """Train a spec briefly on ``dataset``; ``trainer(spec)`` returns ``{"accuracy", "train_loss"}``.
 
     ``lr`` defaults per optimizer (0.1 for SGD with Nesterov momentum, 1e-3 for Adam/AdamW);
-    ``max_batches_per_epoch`` caps an epoch for large datasets; ``progress`` shows a rich progress bar.
-    ``train_loss`` is the mean loss of the last epoch, ``inf`` when training diverged (it then stops early
-    and evaluates the network as it is, so a search ranks it last rather than crashing).
+    ``schedule`` is cosine, step, constant or onecycle, after a linear warmup of ``warmup_epochs`` (onecycle
+    rises over them instead); ``max_batches_per_epoch`` caps an epoch for large datasets; ``progress`` shows
+    a rich progress bar. ``train_loss`` is the mean loss of the last epoch, ``inf`` when training diverged
+    (it then stops early and evaluates the network as it is, so a search ranks it last rather than crashing).
+    ``origin`` says where options came from (file positions of a ``training:`` section), for errors; an
+    option not in it came from the command line (``--warmup-epochs``).
     """
 
     dataset: Dataset
@@ -82,26 +97,38 @@ class Trainer:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     schedule: str = "cosine"
+    warmup_epochs: float = 0.0
     label_smoothing: float = 0.0
     seed: int = 0
     max_batches_per_epoch: int | None = None
     progress: bool = False
+    origin: Mapping[str, Location] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
-        where = Location("--trainer")
-        for value, known, what in ((self.optimizer, list(OPTIMIZERS), "optimizer"),
-                                   (self.schedule, list(SCHEDULES), "schedule")):
-            if value not in known:
-                raise SpecError(f"unknown {what} {value!r}", location=where, expected=" or ".join(known),
-                                found=repr(value), hint=did_you_mean(value, known))
-        counts = {"epochs": self.epochs, "batch_size": self.batch_size,
-                  "max_batches_per_epoch": self.max_batches_per_epoch}
-        for name, value in counts.items():
-            if value is not None and value < 1:
-                raise SpecError(f"{name} must be positive", location=where, expected=">= 1", found=repr(value))
-        if not 0 <= self.label_smoothing < 1:
-            raise SpecError("label smoothing is a probability", location=where, expected="0 <= value < 1",
-                            found=repr(self.label_smoothing))
+        check_options(self.options(), lambda name: self.origin.get(name, Location(f"--{name.replace('_', '-')}")))
+
+    @classmethod
+    def for_spec(cls, dataset: Dataset, spec: Spec, overrides: Mapping[str, Any] | None = None,
+                 **settings: Any) -> "Trainer":
+        """A trainer with the spec's ``training:`` options, ``overrides`` (command-line options; None
+        means not given) on top; ``settings`` are the rest (seed, progress)."""
+        section, locations = training_section(spec.document.raw)
+        given = {k: v for k, v in (overrides or {}).items() if v is not None}
+        origin = {k: where for k, where in locations.items() if k not in given}
+        return cls(dataset, **{**section, **given}, **settings, origin=origin)
+
+    def options(self) -> dict[str, Any]:
+        """The training options as given (``lr`` None: the optimizer's default)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name in OPTIONS}
+
+    def settings(self) -> dict[str, Any]:
+        """What a study records with each trained trial: every option with its effective value, the
+        dataset and the seed (two accuracies compare only when these agree)."""
+        return {"dataset": self.dataset.name, **self.options(), "lr": self.learning_rate, "seed": self.seed}
+
+    @property
+    def learning_rate(self) -> float:
+        return DEFAULT_LR[self.optimizer] if self.lr is None else self.lr
 
     @property
     def steps_per_epoch(self) -> int:
@@ -124,11 +151,12 @@ class Trainer:
         images, labels = self.dataset.train.tensors
         order = torch.Generator().manual_seed(self.seed)
         steps = self.steps_per_epoch
-        lr = DEFAULT_LR[self.optimizer] if self.lr is None else self.lr
         extra = {"momentum": self.momentum, "nesterov": self.momentum > 0} if self.optimizer == "sgd" else {}
-        opt = OPTIMIZERS[self.optimizer](model.parameters(), lr=lr, weight_decay=self.weight_decay, **extra)
+        opt = OPTIMIZERS[self.optimizer](model.parameters(), lr=self.learning_rate, weight_decay=self.weight_decay,
+                                         **extra)
         total = self.epochs * steps
-        scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(self.schedule, total))
+        warmup = round(self.warmup_epochs * steps)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(self.schedule, total, warmup))
         loss_fn = nn.CrossEntropyLoss(label_smoothing=self.label_smoothing)
         model.train()
         epoch_loss = math.inf
@@ -151,11 +179,28 @@ class Trainer:
         return epoch_loss
 
 
-def lr_factor(schedule: str, total_steps: int) -> Callable[[int], float]:
-    """The learning-rate multiplier at each step: cosine decay to zero over the run, or constant."""
-    if schedule == "cosine":
-        return lambda step: 0.5 * (1 + math.cos(math.pi * step / total_steps))
-    return lambda step: 1.0
+def lr_factor(schedule: str, total_steps: int, warmup_steps: int = 0) -> Callable[[int], float]:
+    """The learning-rate multiplier at each step (``LambdaLR``): a linear warmup over ``warmup_steps``
+    (reaching the full rate at its last step), then the schedule over the remaining steps: cosine decay to
+    zero, tenfold steps at :data:`STEP_MILESTONES`, constant; ``onecycle`` is a rise and a fall of its own."""
+    if schedule == "onecycle":
+        rise = warmup_steps or max(1, round(ONECYCLE_RISE * total_steps))
+        fall = max(1, total_steps - rise)
+        low, final = 1 / ONECYCLE_DIV, 1 / ONECYCLE_DIV / ONECYCLE_FINAL_DIV
+        return lambda step: (cosine_ramp(low, 1.0, step / rise) if step < rise
+                             else cosine_ramp(1.0, final, min(1.0, (step - rise) / fall)))
+    decay: Callable[[float], float] = {
+        "cosine": lambda p: cosine_ramp(1.0, 0.0, p),
+        "step": lambda p: STEP_GAMMA ** sum(p >= m for m in STEP_MILESTONES),
+        "constant": lambda p: 1.0,
+    }[schedule]
+    span = max(1, total_steps - warmup_steps)
+    return lambda step: (step + 1) / warmup_steps if step < warmup_steps else decay((step - warmup_steps) / span)
+
+
+def cosine_ramp(start: float, end: float, progress: float) -> float:
+    """From ``start`` (progress 0) to ``end`` (progress 1) along half a cosine."""
+    return end + (start - end) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 def accuracy(model: nn.Module, data: torch.utils.data.TensorDataset) -> float:
