@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -26,6 +28,8 @@ examples:
   nasforge show  specs/models/resnet.yaml --json > resnet18.json
   nasforge graph specs/models/lenet5.yaml -o lenet5.svg
   nasforge ops conv2d
+  nasforge compile specs/models/lenet5.yaml --backend onnxruntime -o lenet5-ort/
+  nasforge run lenet5-ort/ --input x.npy -o y.npy --bench
 
 exit codes: 0 ok, 1 spec error (file:line:col: node.path: message), 2 usage error, 3 internal error
 """
@@ -46,8 +50,9 @@ def escape(text: str) -> str:
     return rich_escape(text)
 
 
-def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
-    """``--set name=value`` pairs; values are YAML (``[2,2,6,2]``, ``0.1``, ``true``), parsed safely."""
+def parse_overrides(items: Sequence[str], flag: str = "--set") -> dict[str, Any]:
+    """``--set name=value`` pairs (or another ``flag``'s); values are YAML (``[2,2,6,2]``, ``0.1``,
+    ``true``), parsed safely."""
     from nasforge.dsl.yaml_loader import load_yaml_text
     from nasforge.dsl.serialize import plain
 
@@ -55,9 +60,9 @@ def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
     for item in items:
         name, sep, text = item.partition("=")
         if not sep or not name.strip():
-            raise SpecError("an override must look like name=value", location=Location("--set"),
-                            expected="--set name=value, e.g. --set depths=[2,2,6,2]", found=repr(item))
-        out[name.strip()] = plain(load_yaml_text(text, f"--set {name.strip()}"))
+            raise SpecError("an override must look like name=value", location=Location(flag),
+                            expected=f"{flag} name=value, e.g. {flag} depths=[2,2,6,2]", found=repr(item))
+        out[name.strip()] = plain(load_yaml_text(text, f"{flag} {name.strip()}"))
     return out
 
 
@@ -306,6 +311,16 @@ def cmd_zoo(args: argparse.Namespace) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
+    from nasforge.search.oneshot import ONESHOT_STRATEGIES
+
+    if args.strategy in ONESHOT_STRATEGIES:  # one supernet instead of many trials
+        from nasforge.search.oneshot.command import cmd_oneshot
+
+        return cmd_oneshot(args)
+    if args.nproc > 1:
+        from nasforge.search.oneshot.command import refuse_nproc
+
+        refuse_nproc(args)
     from nasforge.search.objectives import Constraint, Evaluator, Objective
     from nasforge.search.study import Search, best_trials
 
@@ -318,51 +333,76 @@ def cmd_search(args: argparse.Namespace) -> int:
     objectives = [Objective.parse(o) for o in (args.objective or ["params:min"])]
     constraints = [Constraint.parse(c) for c in (args.constraint or [])]
     evaluator = make_evaluator(args, spec, objectives, constraints)
+    from nasforge.search.storage import redact
+    from nasforge.search.worker import run_local, settings_of
+
     search = Search(spec, args.strategy, objectives, constraints, args.budget, args.storage, args.study, args.seed,
-                    evaluator)
+                    evaluator, settings=settings_of(args))
     con = _console()
     if not args.json:
         con.print(f"searching {escape(spec.name)} with {args.strategy}: "
                   f"{', '.join(map(str, objectives))}"
                   + (f" subject to {', '.join(map(str, constraints))}" if constraints else "")
-                  + f"; study {escape(search.study_name or '')} in {escape(args.storage)}")
+                  + f"; study {escape(search.study_name or '')} in {escape(redact(args.storage))}"
+                  + (f" with {args.workers} worker processes" if args.workers > 1 else ""))
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TextColumn("{task.fields[best]}"))
     with Progress(*columns, console=con, disable=args.json or not sys.stdout.isatty()) as progress:
         task = progress.add_task("trials", total=args.budget, best="")
+        shown = [0.0]
 
         def on_trial(study, trial) -> None:
             from nasforge.search.study import completed
 
+            if progress.disable or time.monotonic() - shown[0] < 0.5:  # a front costs O(trials^2) to find
+                return
+            shown[0] = time.monotonic()
             top = best_trials(study, 1)
             best = f"best {', '.join(f'{o.metric} {v:.4g}' for o, v in zip(objectives, top[0].values))}" if top else ""
             progress.update(task, completed=min(completed(study), args.budget), best=best)
 
-        study = search.run(on_trial)
+        if args.workers > 1:
+            study = run_local(search, args.workers, lambda done: progress.update(task, completed=done))
+        else:
+            study = search.run(on_trial)
+            shown[0] = 0.0
+            on_trial(study, None)  # the last trials may have come faster than the display
     return report_study(con, study, objectives, args)
 
 
+TRAINING_FLAGS = ("epochs", "batch_size", "optimizer", "lr", "momentum", "weight_decay", "schedule", "warmup_epochs",
+                  "label_smoothing")
+"""`nasforge search` options that set how candidates train (None when not given: the spec's section decides)."""
+
+
 def make_evaluator(args: argparse.Namespace, spec: Any, objectives: list, constraints: list) -> Any:
-    """An evaluator with training and proxies when a dataset is given (needed for accuracy and proxies)."""
+    """An evaluator with training and proxies when a dataset is given (needed for accuracy and proxies), and
+    latency measured on the chosen backend and kept in the machine's latency cache (networks and workloads)."""
+    from nasforge.search.latency_cache import LatencyCache
+    from nasforge.search.latency_lut import LatencyMeter
     from nasforge.search.objectives import PROXY_METRICS, Evaluator
 
     metrics = {o.metric for o in objectives} | {c.metric for c in constraints}
+    latency = {"latency": LatencyMeter(args.latency_backend, args.latency_target)}
+    if metrics & {"latency_ms", "latency_lut_ms"}:
+        latency["latency"].check()
+        latency["latency_cache"] = LatencyCache()  # ~/.cache/nasforge/latency.sqlite, or $NASFORGE_CACHE_DIR
     if not args.dataset:
-        return Evaluator()
+        return Evaluator(**latency)
     from nasforge.search.data import load_dataset
     from nasforge.search.proxies import make_proxy_fn
     from nasforge.search.training import Trainer
 
     dataset = load_dataset(args.dataset, next(iter(spec.expanded.inputs.values())), seed=args.seed)
-    trainer = Trainer(dataset, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+    trainer = Trainer.for_spec(dataset, spec, {name: getattr(args, name) for name in TRAINING_FLAGS}, seed=args.seed)
     proxies = make_proxy_fn(dataset, args.seed) if metrics & set(PROXY_METRICS) else None
-    return Evaluator(trainer=trainer, proxies=proxies)
+    return Evaluator(trainer=trainer, proxies=proxies, **latency)
 
 
 def report_study(con: Any, study: Any, objectives: list, args: argparse.Namespace) -> int:
-    from nasforge.search.study import best_trials, completed, failed
+    from nasforge.search.study import best_trials, completed, failed, recorded_spec
 
     top = best_trials(study, args.top if hasattr(args, "top") else 5)
     if getattr(args, "json", False):
@@ -388,8 +428,7 @@ def report_study(con: Any, study: Any, objectives: list, args: argparse.Namespac
     out = getattr(args, "output", None)
     if out and top:
         best = top[0]
-        source = study.trials[best.user_attrs.get("duplicate_of", best.number)]
-        _write(Path(out), source.user_attrs["spec"])
+        _write(Path(out), recorded_spec(study, best))
         con.print(f"wrote the best network (trial {best.number}) to {escape(out)}")
     return EXIT_OK
 
@@ -397,13 +436,14 @@ def report_study(con: Any, study: Any, objectives: list, args: argparse.Namespac
 def cmd_study(args: argparse.Namespace) -> int:
     import optuna
 
-    from nasforge.search.study import best_trials
+    from nasforge.search.storage import open_storage, redact
+    from nasforge.search.study import GRACE_S, HEARTBEAT_S, MAX_RETRY, best_trials, recorded_spec
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        study = optuna.load_study(study_name=args.name, storage=args.storage)
+        study = optuna.load_study(study_name=args.name,
+                                  storage=open_storage(args.storage, HEARTBEAT_S, GRACE_S, MAX_RETRY))
     except KeyError:
-        raise SpecError(f"no study named {args.name!r} in {args.storage}", location=Location("--study"),
+        raise SpecError(f"no study named {args.name!r} in {redact(args.storage)}", location=Location("--study"),
                         expected="a study name that `nasforge search --study NAME` created",
                         found=repr(args.name)) from None
     from nasforge.search.objectives import Objective
@@ -416,14 +456,20 @@ def cmd_study(args: argparse.Namespace) -> int:
         directory = Path(args.output or f"{args.name}-top")
         directory.mkdir(parents=True, exist_ok=True)
         for rank, t in enumerate(best_trials(study, args.top)):
-            source = study.trials[t.user_attrs.get("duplicate_of", t.number)]
-            _write(directory / f"rank{rank}-trial{t.number}.yaml", source.user_attrs["spec"])
+            _write(directory / f"rank{rank}-trial{t.number}.yaml", recorded_spec(study, t))
         con.print(f"wrote {min(args.top, len(best_trials(study, args.top)))} spec(s) to {escape(str(directory))}")
         return EXIT_OK
     from nasforge.search.plots import plot_study
 
     for path in plot_study(study, Path(args.output or f"{args.name}-plots")):
         con.print(f"wrote {escape(str(path))}")
+    return EXIT_OK
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from nasforge.search.worker import print_report, run_worker
+
+    print_report(run_worker(args.storage, args.study, args.name), args.json)
     return EXIT_OK
 
 
@@ -484,7 +530,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--depth", type=int, metavar="N", help="draw blocks folded at path depth N")
     p.set_defaults(func=cmd_graph)
 
+    from nasforge.search.storage import STORAGE_ENV
     from nasforge.search.study import DEFAULT_STORAGE
+
+    storage_help = f"Optuna storage URL (default ${STORAGE_ENV} if set, else {DEFAULT_STORAGE})"
+    storage_default = os.environ.get(STORAGE_ENV) or DEFAULT_STORAGE
     from nasforge.search.strategies import STRATEGIES
 
     p = spec_command("search", "search a space: strategies, objectives, constraints, a resumable study",
@@ -493,31 +543,76 @@ def build_parser() -> argparse.ArgumentParser:
                      "example:\n  nasforge search specs/spaces/nas_bench_201.yaml --strategy evolution \\\n"
                      "      --objective accuracy:max --objective latency_ms:min --budget 30 --dataset digits \\\n"
                      "      --constraint 'params<=1e6' --study nb201-digits -o best.yaml")
-    p.add_argument("--strategy", default="evolution", choices=list(STRATEGIES), help="search strategy")
+    from nasforge.search.oneshot import ONESHOT_STRATEGIES
+
+    p.add_argument("--strategy", default="evolution", choices=[*STRATEGIES, *ONESHOT_STRATEGIES],
+                   help=f"search strategy: multi-trial ({', '.join(STRATEGIES)}) or one-shot, training one supernet "
+                        f"({', '.join(ONESHOT_STRATEGIES)})")
     p.add_argument("--objective", action="append", metavar="METRIC:DIR",
-                   help="params, macs, flops, memory_mb, latency_ms, accuracy, train_loss, synflow, naswot, snip, "
-                        "grad_norm with :min or :max (repeatable: several give a Pareto front)")
+                   help="params, macs, flops, memory_mb, latency_ms, latency_lut_ms, accuracy, train_loss, synflow, "
+                        "naswot, snip, grad_norm with :min or :max (repeatable: several give a Pareto front)")
     p.add_argument("--constraint", action="append", metavar="EXPR", help="e.g. 'params<=5e6' (repeatable)")
     p.add_argument("--budget", type=int, default=20, help="completed trials to reach (default 20)")
     p.add_argument("--dataset", help="digits, synthetic[:N], npz:PATH, folder:PATH or cifar10:PATH")
-    p.add_argument("--epochs", type=int, default=3, help="training epochs per candidate (accuracy)")
-    p.add_argument("--batch-size", type=int, default=64, help="training batch size")
-    p.add_argument("--lr", type=float, default=None, help="learning rate (default 0.1 for SGD with a cosine schedule)")
-    p.add_argument("--storage", default=DEFAULT_STORAGE, help=f"Optuna storage URL (default {DEFAULT_STORAGE})")
+    from nasforge.dsl.training_section import OPTIMIZERS, SCHEDULES
+
+    training = p.add_argument_group("training (accuracy); defaults from the spec's training: section, else as shown")
+    training.add_argument("--epochs", type=int, help="training epochs per candidate (default 3)")
+    training.add_argument("--batch-size", type=int, help="training batch size (default 64)")
+    training.add_argument("--optimizer", choices=OPTIMIZERS, help="optimizer (default sgd, Nesterov momentum)")
+    training.add_argument("--lr", type=float, help="learning rate (default 0.1 for sgd, 1e-3 for adam/adamw)")
+    training.add_argument("--momentum", type=float, help="SGD momentum (default 0.9)")
+    training.add_argument("--weight-decay", type=float, help="weight decay (default 5e-4)")
+    training.add_argument("--schedule", choices=SCHEDULES, help="learning-rate schedule (default cosine)")
+    training.add_argument("--warmup-epochs", type=float, help="linear warmup before the schedule (default 0)")
+    training.add_argument("--label-smoothing", type=float, help="label smoothing of the loss (default 0)")
+    p.add_argument("--latency-backend", default="eager", metavar="NAME",
+                   help="backend latency_ms and latency_lut_ms are measured on: eager (default), inductor, "
+                        "onnxruntime, tvm")
+    p.add_argument("--latency-target", default="x86", metavar="NAME",
+                   help="target profile they are measured for (default x86: this CPU; `nasforge targets`)")
+    p.add_argument("--storage", default=storage_default, help=storage_help)
     p.add_argument("--study", help="study name (resumes an existing one; default derived from space and strategy)")
     p.add_argument("--seed", type=int, default=0, help="random seed")
     p.add_argument("--threads", type=int, default=1, help="torch threads for training candidates (default 1)")
     p.add_argument("--top", type=int, default=5, help="rows in the final leaderboard")
     p.add_argument("-o", "--output", metavar="FILE", help="write the best network's concrete spec to FILE")
     p.add_argument("--json", action="store_true", help="machine-readable result")
+    p.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="evaluate in N local worker processes (default 1: this process); other machines join "
+                        "with `nasforge worker`")
+    oneshot = p.add_argument_group("one-shot strategies (--epochs, --batch-size, --lr, --momentum, --weight-decay "
+                                   "set the supernet's training; the method's paper's defaults otherwise)")
+    oneshot.add_argument("--hparam", action="append", metavar="NAME=VALUE",
+                         help="a hyperparameter of the one-shot method, e.g. --hparam arch_lr=6e-4 (repeatable)")
+    oneshot.add_argument("--eval-set", action="append", metavar="NAME=VALUE",
+                         help="a space parameter of the network -o writes, e.g. --eval-set C=36 --eval-set layers=20 "
+                              "(DARTS's evaluation network; default: the searched size)")
+    oneshot.add_argument("--run-dir", metavar="DIR", help="checkpoint, log and plot folder (default "
+                                                          "nasforge-runs/STUDY beside a SQLite study)")
+    oneshot.add_argument("--nproc", type=int, default=1, metavar="N",
+                         help="train the supernet in N processes (torch.distributed: gloo on CPU, NCCL with one GPU "
+                              "each); --batch-size stays the global batch. Under torchrun the processes join its group")
     p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("worker", help="join a stored study and evaluate its trials until its budget is met",
+                       description="Join a study that `nasforge search` created (SQLite on this machine, PostgreSQL "
+                                   "from any machine) and evaluate trials until it has its budget of completed "
+                                   "trials. The study records its space, strategy, objectives and settings.")
+    p.add_argument("--storage", default=os.environ.get(STORAGE_ENV),
+                   help=f"the study's storage URL (default ${STORAGE_ENV}: a URL with a password on the command "
+                        "line is visible to other users of this machine)")
+    p.add_argument("--study", required=True, help="the study name")
+    p.add_argument("--name", help="this worker's name (default HOST-PID; it seeds the worker's proposals)")
+    p.add_argument("--json", action="store_true", help="what this worker did, as JSON")
+    p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("study", help="inspect a stored study: show, export the best specs, plot",
                        description="Work with a study that `nasforge search` recorded.")
     p.add_argument("action", choices=["show", "export", "plot"], help="show the leaderboard / Pareto front, export "
                                                                     "the top specs, or plot history and front")
     p.add_argument("name", help="the study name")
-    p.add_argument("--storage", default=DEFAULT_STORAGE, help=f"Optuna storage URL (default {DEFAULT_STORAGE})")
+    p.add_argument("--storage", default=storage_default, help=storage_help)
     p.add_argument("--top", type=int, default=5, help="how many trials to show or export")
     p.add_argument("-o", "--output", metavar="PATH", help="export/plot folder (show: write the best spec)")
     p.add_argument("--json", action="store_true", help="machine-readable (show)")
@@ -538,11 +633,113 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--category", help="only ops of this category (conv, norm, activation, ...)")
     p.add_argument("--json", action="store_true", help="machine-readable vocabulary")
     p.set_defaults(func=cmd_ops)
+
+    # -- backends: compile, run, targets ---------------------------------------------------------
+    from nasforge.backends.registry import BACKENDS
+
+    p = spec_command("compile", "compile a spec for a target with a backend and write a deployable artifact",
+                     "Build the spec, run the graph passes (BN folding, ...), compile it with a backend for a\n"
+                     "target profile, check its outputs against eager and measure its latency (when the target\n"
+                     "runs here), and write an artifact directory (atomically replacing an earlier one).\n"
+                     "--batch N compiles for batch N (the artifact's input shapes).\n\n"
+                     "examples:\n  nasforge compile specs/models/resnet.yaml --backend onnxruntime -o resnet18-ort/\n"
+                     "  nasforge compile specs/models/resnet.yaml --backend tvm --target x86 --tune-trials 2000 "
+                     "-o resnet18-tvm/\n  nasforge compile net.yaml --backend auto --batch 8 -o net-fastest/")
+    p.add_argument("--backend", default="eager", metavar="NAME",
+                   help=f"{', '.join(BACKENDS)} (default eager; auto measures each and keeps the fastest)")
+    p.add_argument("--target", default="x86", metavar="NAME", help="target profile (default x86: this CPU); "
+                                                                 "`nasforge targets` lists them")
+    p.add_argument("--tune-trials", type=int, metavar="N", help="tuning budget in measured trials (tvm)")
+    p.add_argument("--tune-minutes", type=float, metavar="M", help="tuning budget in minutes (tvm)")
+    p.add_argument("--tuning-db", metavar="DIR", help="tuning database to read and extend (tvm; default the "
+                                                     "per-target database under ~/.cache/nasforge)")
+    p.add_argument("--option", action="append", metavar="KEY=VALUE",
+                   help="a backend option (YAML value), e.g. --option mode=max-autotune (inductor), "
+                        "--option opset=17 (onnxruntime); repeatable")
+    p.add_argument("--no-optimize", action="store_true", help="skip the graph passes")
+    p.add_argument("--repeats", type=int, default=50, metavar="N", help="timed runs for the latency (default 50)")
+    p.add_argument("-o", "--output", required=True, metavar="DIR", help="the artifact directory to write")
+    p.add_argument("--json", action="store_true", help="print only a JSON summary")
+    p.set_defaults(func=cmd_compile)
+
+    add_run_command(sub)
+
+    p = sub.add_parser("targets", help="list the target profiles and which backends serve each here",
+                       description="List the named target profiles (x86, arm64, cuda, ...): what each is, whether "
+                                   "code built for it runs on this machine, and which backends can compile for it.")
+    p.add_argument("--json", action="store_true", help="machine-readable profiles")
+    p.set_defaults(func=cmd_targets)
+
+    p = sub.add_parser("coverage", help="run every op's examples through every backend and compare with eager",
+                       description="The op x backend coverage table: each op's examples compiled by each backend for "
+                                   "the target and compared with eager (max abs error), or refused with an error "
+                                   "naming the op and node. The whole vocabulary takes minutes (TVM and Inductor "
+                                   "compile); --ops narrows it.\n\nexample:\n"
+                                   "  nasforge coverage -o docs/backend-coverage.md\n"
+                                   "  nasforge coverage --backends onnxruntime,tvm --ops conv2d,lstm",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--backends", default="eager,inductor,onnxruntime,tvm", metavar="A,B",
+                   help="comma-separated columns (default eager,inductor,onnxruntime,tvm)")
+    p.add_argument("--ops", metavar="A,B", help="comma-separated op names (default: every registered op)")
+    p.add_argument("--target", default="x86", metavar="NAME", help="target profile (default x86: this CPU)")
+    p.add_argument("--chunk", type=int, default=32, metavar="N",
+                   help="examples compiled together in one network (default 32)")
+    p.add_argument("-o", "--output", metavar="FILE", help="write to FILE (atomically) instead of stdout")
+    p.add_argument("--json", action="store_true", help="every example's result as JSON instead of markdown")
+    p.set_defaults(func=cmd_coverage)
+    return parser
+
+
+def cmd_compile(args: argparse.Namespace) -> int:
+    from nasforge.backends.commands import compile_command
+
+    return compile_command(args)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from nasforge.backends.commands import run_command
+
+    return run_command(args)
+
+
+def cmd_targets(args: argparse.Namespace) -> int:
+    from nasforge.backends.commands import targets_command
+
+    return targets_command(args)
+
+
+def cmd_coverage(args: argparse.Namespace) -> int:
+    from nasforge.backends.coverage_report import coverage_command
+
+    return coverage_command(args)
+
+
+def add_run_command(sub: Any) -> None:
+    """Register ``nasforge run`` (shared by the full parser and the torch-free one of :func:`main`)."""
+    p = sub.add_parser("run", help="run a compiled artifact on .npy inputs (or random ones); --bench times it",
+                       description="Load an artifact that `nasforge compile` wrote and run it. Without --input, "
+                                   "runs on random inputs of the recorded shapes. ONNX Runtime and TVM artifacts "
+                                   "load without torch.")
+    p.add_argument("artifact", help="the artifact directory")
+    p.add_argument("--input", action="append", metavar="FILE.npy", help="one .npy per network input, in order")
+    p.add_argument("-o", "--output", metavar="FILE", help="write the outputs: .npy (one output) or .npz")
+    p.add_argument("--bench", action="store_true", help="also measure the latency (median and spread)")
+    p.add_argument("--repeats", type=int, default=50, metavar="N", help="timed runs with --bench (default 50)")
+    p.add_argument("--json", action="store_true", help="machine-readable result")
+    p.set_defaults(func=cmd_run)
+
+
+def build_run_parser() -> argparse.ArgumentParser:
+    """A parser for ``nasforge run`` alone: the full parser imports the search engine (and torch), which
+    a deploy process running an ONNX Runtime or TVM artifact must not pay for or even have."""
+    parser = argparse.ArgumentParser(prog="nasforge")
+    add_run_command(parser.add_subparsers(dest="command", metavar="COMMAND"))
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_run_parser() if argv[:1] == ["run"] else build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
@@ -551,6 +748,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--batch must be >= 1")
     if getattr(args, "depth", None) is not None and args.depth < 0:
         parser.error("--depth must be >= 0")
+    if getattr(args, "workers", 1) < 1:
+        parser.error("--workers must be >= 1")
+    if getattr(args, "nproc", 1) < 1:
+        parser.error("--nproc must be >= 1")
+    if getattr(args, "repeats", 1) < 1:
+        parser.error("--repeats must be >= 1")
     try:
         return args.func(args)
     except SpecError as err:
@@ -558,8 +761,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(json.dumps({"ok": False, "error": error_dict(err)}, indent=2))
         print(f"nasforge: error: {err.format()}", file=sys.stderr)
         return EXIT_SPEC_ERROR
-    except KeyboardInterrupt:
-        print("nasforge: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as stop:  # a search says what its study keeps (SearchInterrupted)
+        print(f"nasforge: interrupted{f': {stop}' if str(stop) else ''}", file=sys.stderr)
         return 130
     except BrokenPipeError:
         return EXIT_OK

@@ -42,8 +42,11 @@ class ChannelsFirstLayerNorm(nn.LayerNorm):
     and stem norms); same parameters as ``nn.LayerNorm(C)``."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.layer_norm(x.movedim(1, -1), self.normalized_shape, self.weight, self.bias, self.eps)
-        return y.movedim(-1, 1)
+        # positive axes: torch's TorchScript ONNX exporter writes movedim(1, -1) as Transpose perm
+        # [0, -1, 1, 2], which ONNX Runtime rejects
+        last = x.dim() - 1
+        y = F.layer_norm(x.movedim(1, last), self.normalized_shape, self.weight, self.bias, self.eps)
+        return y.movedim(last, 1)
 
 
 class LayerScale(nn.Module):
