@@ -31,7 +31,9 @@ def test_readme_test_command_is_what_ci_runs():
 @pytest.mark.slow
 def test_main_job_runs_as_written_with_a_smaller_budget(tmp_path, monkeypatch):
     """The README's main command, run through the CLI as written except for a smaller budget."""
-    command = re.search(r"pip install -e \. && (nasforge search .*?) && nasforge show best.yaml", README).group(1)
+    found = re.search(r"pip install -e '\.\[tvm\]' && (nasforge search .*?) && nasforge show best.yaml && "
+                      r"(nasforge compile best.yaml .*)\n", README)
+    command, compile_command = found.group(1), found.group(2)
     argv = shlex.split(command)[1:]
     argv[argv.index("--budget") + 1] = "3"
     root = Path(__file__).resolve().parents[1]
@@ -39,4 +41,7 @@ def test_main_job_runs_as_written_with_a_smaller_budget(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert main(argv) == 0
     assert main(["show", "best.yaml"]) == 0
+    assert main(shlex.split(compile_command)[1:]) == 0
+    assert (tmp_path / "best-tvm" / "metadata.json").is_file()
+    assert main(["run", "best-tvm/"]) == 0
     assert main(argv) == 0  # resumed: already complete, prints the leaderboard
