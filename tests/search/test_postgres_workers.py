@@ -49,14 +49,17 @@ def running(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
 
 
 def check_retried_once(study: optuna.Study, killed: list[optuna.trial.FrozenTrial]) -> None:
-    """Each killed trial is FAIL, and its decisions were evaluated again and completed in exactly one retry
-    (a retry that was itself killed is FAIL too)."""
+    """Each killed trial is FAIL and was retried until one retry completed (a retry killed too is FAIL);
+    the retries repeat the decisions the trial had made (none when it was killed before its first one,
+    maybe even before its first heartbeat: then it is found as an orphan)."""
     trials = study.get_trials(deepcopy=False)
     for dead in killed:
-        assert trials[dead.number].state == FAIL and dead.params
+        failed = trials[dead.number]
+        assert failed.state == FAIL
         retries = [t for t in trials if t.system_attrs.get("failed_trial") == dead.number]
         assert [t.state for t in retries if t.state != FAIL] == [COMPLETE]
-        assert all(t.params == dead.params for t in retries)
+        if failed.params:
+            assert all(t.params == failed.params for t in retries)
 
 
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage")
@@ -109,6 +112,7 @@ def test_four_workers_one_killed_mid_trial_another_restarted(tmp_path, postgres_
         for name, sig in (("w0", signal.SIGKILL), ("w1", signal.SIGKILL)):
             wait_until(lambda: evaluating(study, name) is not None, 120, f"{name} to be in a trial")
             killed.append(evaluating(study, name))
+            assert killed[-1].params  # its decisions were made: the retry must repeat them
             workers[name].send_signal(sig)
             workers[name].wait()
         assert completed(study) < budget  # the kills came in the middle of the study
