@@ -15,10 +15,12 @@ from __future__ import annotations
 import json
 import os
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import torch
+from torch import nn
 
 from nasforge.errors import Location, SpecError
 
@@ -70,6 +72,38 @@ def load_checkpoint(folder: Path, identity: Mapping[str, Any] | None = None) -> 
                             expected=f"{key} {value}", found=f"{key} {state.get(key)}",
                             hint="use another --study (or --run-dir), or delete the folder to start afresh")
     return state
+
+
+@dataclass(frozen=True)
+class Training:
+    """What every one-shot search checkpoints to continue its training exactly: the supernet, each optimizer
+    under its name, the schedule, torch's global random state (Gumbel noise) and the data order's generator."""
+
+    net: nn.Module
+    optimizers: Mapping[str, torch.optim.Optimizer]
+    schedule: torch.optim.lr_scheduler.LRScheduler
+    data_rng: torch.Generator
+
+    def state(self) -> dict[str, Any]:
+        return {"supernet": self.net.state_dict(), **{k: opt.state_dict() for k, opt in self.optimizers.items()},
+                "schedule": self.schedule.state_dict(), "rng": torch.get_rng_state(), "data_rng": self.data_rng.get_state()}
+
+    def resume(self, folder: Path, identity: Mapping[str, Any]) -> dict[str, Any] | None:
+        """Load the folder's checkpoint (:func:`load_checkpoint`: it must be this search's) and put its
+        training state back in place; the whole checkpoint for the rest (records, epochs done), or None."""
+        state = load_checkpoint(folder, identity)
+        if state is not None:
+            self.load(state)
+        return state
+
+    def load(self, state: Mapping[str, Any]) -> None:
+        """Put what :meth:`state` saved back in place."""
+        self.net.load_state_dict(state["supernet"])
+        for name, opt in self.optimizers.items():
+            opt.load_state_dict(state[name])
+        self.schedule.load_state_dict(state["schedule"])
+        torch.set_rng_state(state["rng"])
+        self.data_rng.set_state(state["data_rng"])
 
 
 def write_log(folder: Path, log: dict[str, Any]) -> None:

@@ -5,6 +5,8 @@ The same flags as a multi-trial search where they mean the same (``--dataset``, 
 ``--weight-decay`` set the supernet's training), plus ``--hparam NAME=VALUE`` for any other hyperparameter
 (:class:`~.method.HParams`), ``--eval-set NAME=VALUE`` for the size of the network ``-o`` writes (DARTS's
 evaluation network: ``--eval-set C=36 --eval-set layers=20``) and ``--run-dir`` for the checkpoint folder.
+``--nproc N`` trains the supernet in N processes (:mod:`.distributed`; ``--batch-size`` stays the global
+batch); started by torchrun (``RANK`` and ``WORLD_SIZE`` set), each process joins the launcher's group instead.
 """
 
 from __future__ import annotations
@@ -13,9 +15,12 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nasforge.errors import Location, SpecError
+
+if TYPE_CHECKING:
+    from nasforge.search.oneshot.distributed import Group
 
 TRAINING_FLAGS = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "label_smoothing")
 """Multi-trial training flags that mean the same for a supernet (given ones become hyperparameters)."""
@@ -24,6 +29,25 @@ FOREIGN_FLAGS = ("optimizer", "schedule", "warmup_epochs")
 
 
 def cmd_oneshot(args: argparse.Namespace) -> int:
+    from nasforge.cli import EXIT_OK
+    from nasforge.search.oneshot.distributed import SOLO, joined, launched_world, spawn
+
+    check_flags(args)
+    world = launched_world()
+    if world is not None:  # torchrun started this process: join its group
+        if args.nproc not in (1, world):
+            raise SpecError("--nproc disagrees with the launcher's number of processes", location=Location("--nproc"),
+                            expected=f"no --nproc, or --nproc {world} (WORLD_SIZE)", found=str(args.nproc))
+        with joined() as group:
+            return run_command(group, args)
+    if args.nproc > 1:
+        spawn(args.nproc, run_command, (args,))  # rank 0 prints; the processes' errors come back here
+        return EXIT_OK
+    return run_command(SOLO, args)
+
+
+def run_command(group: Group, args: argparse.Namespace) -> int:
+    """The search as one process of ``group`` runs it: every rank searches, rank 0 alone prints and writes."""
     import torch
 
     from nasforge.cli import EXIT_OK, _console, _load, _write, escape, make_evaluator, parse_overrides
@@ -33,7 +57,6 @@ def cmd_oneshot(args: argparse.Namespace) -> int:
     from nasforge.search.oneshot.runner import run_oneshot
 
     torch.set_num_threads(args.threads)
-    check_flags(args)
     spec = _load(args)
     dataset = load_dataset(args.dataset, next(iter(spec.expanded.inputs.values())), seed=args.seed)
     hparams = parse_overrides(args.hparam or [], "--hparam")
@@ -41,8 +64,9 @@ def cmd_oneshot(args: argparse.Namespace) -> int:
     evaluation = parse_overrides(args.eval_set or [], "--eval-set")
     constraints = [Constraint.parse(c) for c in (args.constraint or [])]
     con = _console()
-    if not args.json:
-        con.print(f"searching {escape(spec.name)} with {args.strategy} (one-shot) on {escape(dataset.description)}")
+    if not args.json and group.lead:
+        con.print(f"searching {escape(spec.name)} with {args.strategy} (one-shot) on {escape(dataset.description)}"
+                  + (f" in {group.world} processes ({group.backend}, {group.device.type})" if group.world > 1 else ""))
 
     def on_epoch(record: dict[str, Any]) -> None:
         if args.json:
@@ -59,7 +83,9 @@ def cmd_oneshot(args: argparse.Namespace) -> int:
     result = run_oneshot(spec, args.strategy, dataset, hparams=hparams, storage=args.storage, study_name=args.study,
                          seed=args.seed, run_dir=Path(args.run_dir) if args.run_dir else None,
                          progress=not args.json and sys.stdout.isatty(), on_epoch=on_epoch, constraints=constraints,
-                         evaluator=make_evaluator(args, spec, [], constraints) if constraints else None)
+                         evaluator=make_evaluator(args, spec, [], constraints) if constraints else None, group=group)
+    if not group.lead:
+        return EXIT_OK
     final = evaluation_spec(spec, result.assignment, evaluation)
     totals = final.check().totals
     if args.output:
@@ -83,6 +109,15 @@ def cmd_oneshot(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def refuse_nproc(args: argparse.Namespace) -> None:
+    """``--nproc`` splits one supernet's batches; a multi-trial search has none to split."""
+    from nasforge.search.oneshot import ONESHOT_STRATEGIES
+
+    raise SpecError("--nproc trains one supernet in several processes", location=Location("--nproc"),
+                    expected="a one-shot --strategy (" + ", ".join(ONESHOT_STRATEGIES) + ")",
+                    found=f"--strategy {args.strategy}", hint="a multi-trial search runs in parallel with --workers N")
+
+
 def check_flags(args: argparse.Namespace) -> None:
     """Flags of multi-trial searches that a one-shot search cannot honour are errors, not silence."""
     if not args.dataset:
@@ -94,6 +129,10 @@ def check_flags(args: argparse.Namespace) -> None:
         raise SpecError("one-shot methods train with their paper's optimizer and schedule", location=Location(given[0]),
                         expected="no " + ", ".join(f"--{n.replace('_', '-')}" for n in FOREIGN_FLAGS),
                         found=" ".join(given), hint="tune them with --hparam (lr, lr_min, momentum, warmup, ...)")
+    if getattr(args, "workers", 1) > 1:
+        raise SpecError("a one-shot search trains one supernet", location=Location("--workers"),
+                        expected="no --workers", found=f"--workers {args.workers}",
+                        hint="--nproc N trains it in N processes (torch.distributed)")
     objectives = args.objective or []
     if any(o.replace(" ", "") not in ("accuracy:max", "accuracy:maximize") for o in objectives):
         raise SpecError("a one-shot search maximizes the supernet's accuracy", location=Location("--objective"),

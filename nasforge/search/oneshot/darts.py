@@ -5,7 +5,8 @@ order (``darts2``) takes it at the weights one virtual SGD step ahead, w' = w - 
 and adds the implicit term -eta * d2L_train/(dalpha dw) . dL_val/dw', whose Hessian-vector product is a
 central finite difference: (grad_alpha L_train(w + r v) - grad_alpha L_train(w - r v)) / 2r with
 v = dL_val/dw' and r = 0.01 / ||v|| (the paper's eq. 7-8, train_search.py's Architect). The weights are
-moved in place and restored exactly, so no copy of the supernet is needed.
+moved in place and restored exactly, so no copy of the supernet is needed. Under several processes each
+gradient is averaged over them before it is used (:mod:`.distributed`), so the step is the global batch's.
 """
 
 from __future__ import annotations
@@ -34,7 +35,9 @@ class DartsSecondOrder(Darts):
         alphas = net.arch_parameters()
         eta = w_opt.param_groups[0]["lr"]
         saved = [w.detach().clone() for w in weights]
-        grads = torch.autograd.grad(F.cross_entropy(net(train[0]), train[1]), weights, allow_unused=True)
+        average = self.group.average  # each gradient is the global batch's before it is used
+        grads = average(torch.autograd.grad(F.cross_entropy(net(train[0]), train[1]), weights, allow_unused=True),
+                        weights)
         with torch.no_grad():  # the virtual step w' = w - eta (momentum + grad + wd w)
             for w, g in zip(weights, grads):
                 if g is None:
@@ -45,7 +48,7 @@ class DartsSecondOrder(Darts):
                     step = step + hp.momentum * buffer
                 w.sub_(eta * step)
         val_loss = F.cross_entropy(net(val[0]), val[1])
-        found = torch.autograd.grad(val_loss, alphas + weights, allow_unused=True)
+        found = average(torch.autograd.grad(val_loss, alphas + weights, allow_unused=True), alphas + weights)
         d_alpha, d_w = found[:len(alphas)], found[len(alphas):]
         norm = torch.sqrt(sum((g * g).sum() for g in d_w if g is not None))
         r = hp.unrolled_r / float(norm.clamp_min(1e-12))
@@ -54,8 +57,8 @@ class DartsSecondOrder(Darts):
             with torch.no_grad():
                 for w, s, g in zip(weights, saved, d_w):
                     w.copy_(s if g is None else s + sign * r * g)
-            implicit.append(torch.autograd.grad(F.cross_entropy(net(train[0]), train[1]), alphas,
-                                                allow_unused=True))
+            implicit.append(average(torch.autograd.grad(F.cross_entropy(net(train[0]), train[1]), alphas,
+                                                        allow_unused=True), alphas))
         with torch.no_grad():
             for w, s in zip(weights, saved):
                 w.copy_(s)

@@ -18,9 +18,8 @@ import torch
 import torch.nn.functional as F
 
 from nasforge.errors import Location, SpecError, did_you_mean
+from nasforge.search.oneshot.distributed import SOLO, Batch, Group
 from nasforge.search.oneshot.supernet import Supernet
-
-Batch = tuple[torch.Tensor, torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -109,9 +108,11 @@ class OneShotMethod:
     arch_first: ClassVar[bool] = True
     """DARTS updates alpha before the weights in each step; GDAS after."""
 
-    def __init__(self, net: Supernet, hp: HParams) -> None:
+    def __init__(self, net: Supernet, hp: HParams, group: Group = SOLO) -> None:
         self.net = net
         self.hp = hp
+        self.group = group
+        """The processes training the supernet together: every gradient is averaged over them before use."""
 
     def start_epoch(self, epoch: int) -> dict[str, float]:
         """Put the supernet in this epoch's mode; returns what the epoch's record should show (tau...)."""
@@ -127,5 +128,6 @@ class OneShotMethod:
         a_opt.zero_grad(set_to_none=True)
         loss = F.cross_entropy(self.net(val[0]), val[1])
         loss.backward()
+        self.group.average_gradients(self.net.arch_parameters())
         a_opt.step()
         return loss.item()

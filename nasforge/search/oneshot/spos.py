@@ -17,6 +17,12 @@ as parents, 25 children by mutation (each decision redrawn with probability 0.1)
 random members filling what mutation and crossover could not (duplicates and infeasible children are
 redrawn). Mutation and crossover go through :class:`~nasforge.search.space.Space`, so conditional choices
 stay consistent. The winner is exported as the concrete spec ``space.concrete(assignment)``.
+
+Under several processes (:mod:`.distributed`) every rank draws the same path per step from the same seeded
+generator and trains it on its share of the global batch; the evolution runs on every rank in step, each
+recalibrating BatchNorm on its share of the calibration batches (with the global batches' statistics) and
+scoring its share of the validation split, while rank 0 judges the constraints (a measured latency must be
+one answer) and records.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ import json
 import math
 import random
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -35,18 +41,20 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from nasforge.api import Spec
-from nasforge.errors import Location, SpecError, did_you_mean
+from nasforge.errors import Location, SpecError
 from nasforge.search.data import Dataset
 from nasforge.search.hashing import graph_hash
 from nasforge.search.objectives import Constraint, Evaluator
-from nasforge.search.oneshot.checkpoint import LOG, load_checkpoint, save_checkpoint, write_log
+from nasforge.search.oneshot.checkpoint import LOG, Training, save_checkpoint, write_log
 from nasforge.search.oneshot.discretize import evaluation_spec, genotype_text
+from nasforge.search.oneshot.distributed import SOLO, Group
+from nasforge.search.oneshot.method import numbers
 from nasforge.search.oneshot.runner import OneShotResult, redacted
 from nasforge.search.oneshot.studies import OneShotStudy, default_run_dir, default_study_name
 from nasforge.search.oneshot.supernet import Supernet, build_supernet
 from nasforge.search.space import Assignment, Space, sample_value
 from nasforge.search.study import DEFAULT_STORAGE, space_hash
-from nasforge.search.training import Trainer, accuracy, check_classifier, progress_bar
+from nasforge.search.training import Trainer, check_classifier, progress_bar
 
 CALIBRATION_BATCHES = 20
 CALIBRATION_BATCH_SIZE = 64
@@ -106,17 +114,7 @@ class SposHParams:
     @classmethod
     def make(cls, overrides: Mapping[str, Any]) -> "SposHParams":
         """The defaults with ``overrides`` (name -> number) on top; unknown names and non-numbers are errors."""
-        types = {f.name: f.type for f in fields(cls)}
-        for name, value in overrides.items():
-            if name not in types:
-                raise SpecError(f"unknown SPOS hyperparameter {name!r}", location=Location("--hparam"),
-                                expected="one of " + ", ".join(types), found=repr(name),
-                                hint=did_you_mean(name, list(types)))
-            integral = types[name] in ("int", int)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or (integral and value != int(value)):
-                raise SpecError(f"SPOS hyperparameter {name!r} takes a number", location=Location("--hparam"),
-                                expected=f"{name}={'an integer' if integral else 'a number'}", found=repr(value))
-        return cls(**{k: int(v) if types[k] in ("int", int) else float(v) for k, v in overrides.items()})
+        return cls(**numbers(cls, overrides, "SPOS hyperparameter"))
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -130,29 +128,30 @@ def calibration_batches(dataset: Dataset, batches: int, batch_size: int, seed: i
     return [images[order[i:i + batch_size]] for i in range(0, min(len(images), batches * batch_size), batch_size)]
 
 
-def recalibrate_batch_norm(model: nn.Module, batches: list[torch.Tensor]) -> None:
+def recalibrate_batch_norm(model: nn.Module, batches: list[torch.Tensor], group: Group = SOLO) -> None:
     """Reset every BatchNorm's running statistics and recompute them as the plain average over ``batches``
-    (``momentum=None``) in training mode without gradients; leaves the model in eval mode, momenta restored."""
+    (``momentum=None``) in training mode without gradients; leaves the model in eval mode, momenta restored.
+    The ranks of ``group`` each run their share of every batch, normalized by the whole batch's statistics."""
     norms = [m for m in model.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
     momenta = [m.momentum for m in norms]
     for m in norms:
         m.reset_running_stats()
         m.momentum = None
     model.train()
-    with torch.no_grad():
+    with torch.no_grad(), group.batch_norm():
         for batch in batches:
-            model(batch)
+            model(group.part(batch).to(group.device))
     for m, momentum in zip(norms, momenta):
         m.momentum = momentum
     model.eval()
 
 
 def estimate_accuracy(supernet: nn.Module, assignment: Assignment, dataset: Dataset,
-                      batches: list[torch.Tensor]) -> float:
+                      batches: list[torch.Tensor], group: Group = SOLO) -> float:
     """Validation accuracy of one subnet with inherited weights, after BN recalibration for it alone."""
     supernet.set_path(assignment)  # type: ignore[operator]
-    recalibrate_batch_norm(supernet, batches)
-    return accuracy(supernet, dataset.val)
+    recalibrate_batch_norm(supernet, batches, group)
+    return group.accuracy(supernet, dataset.val)
 
 
 # -- constraints ------------------------------------------------------------------------------------------
@@ -287,19 +286,21 @@ class Evolution:
 # -- the search as `nasforge search --strategy spos` runs it -------------------------------------------
 
 class SposRun:
-    """One SPOS search: the supernet and its optimizer, per-epoch checkpoints in ``folder``, the study."""
+    """One SPOS search: the supernet and its optimizer, per-epoch checkpoints in ``folder``, the study
+    (rank 0's only)."""
 
     def __init__(self, spec: Spec, hp: SposHParams, dataset: Dataset, storage: str, study_name: str, seed: int,
-                 folder: Path, constraints: SubnetConstraints) -> None:
+                 folder: Path, constraints: SubnetConstraints, group: Group = SOLO) -> None:
         self.spec, self.hp, self.dataset, self.storage, self.seed, self.folder = spec, hp, dataset, storage, seed, folder
-        self.constraints = constraints
-        self.net: Supernet = build_supernet(spec)
+        self.constraints, self.study_name, self.group = constraints, study_name, group
+        self.net: Supernet = build_supernet(spec).to(group.device)
         self.net.set_mode("single_path")
         self.identity = {"space_hash": space_hash(spec), "strategy": "spos", "seed": seed, "hparams": hp.as_dict(),
                          "constraints": [str(c) for c in constraints.constraints]}
         self.study = OneShotStudy(spec, "spos", storage, study_name,
                                   {"seed": seed, "hparams": hp.as_dict(), "dataset": dataset.description,
-                                   "constraints": self.identity["constraints"], "run_dir": str(folder.resolve())})
+                                   "constraints": self.identity["constraints"], "run_dir": str(folder.resolve())}
+                                  ) if group.lead else None
         decayed = [p for p in self.net.weight_parameters() if p.dim() > 1]  # conv and linear weights
         rest = [p for p in self.net.weight_parameters() if p.dim() <= 1]
         self.opt = torch.optim.SGD([{"params": decayed, "weight_decay": hp.weight_decay},
@@ -310,24 +311,15 @@ class SposRun:
         self.schedule = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda step: max(0.0, 1.0 - step / total))
         self.data_rng = torch.Generator().manual_seed(seed)
         self.path_rng = random.Random(seed)
+        self.training = Training(self.net, {"opt": self.opt}, self.schedule, self.data_rng)
         self.records: list[dict[str, Any]] = []
 
     # -- supernet training, resumable per epoch ----------------------------------------------------------
     def restore(self) -> int:
         """Load the run folder's checkpoint, if any; returns the epochs it had finished."""
-        state = load_checkpoint(self.folder)
+        state = self.training.resume(self.folder, self.identity)
         if state is None:
             return 0
-        for key, value in self.identity.items():
-            if state.get(key) != value:
-                raise SpecError("the run folder holds another search's checkpoint", location=Location(str(self.folder)),
-                                expected=f"{key} {value}", found=f"{key} {state.get(key)}",
-                                hint="use another --study (or --run-dir), or delete the folder to start afresh")
-        self.net.load_state_dict(state["supernet"])
-        self.opt.load_state_dict(state["opt"])
-        self.schedule.load_state_dict(state["schedule"])
-        torch.set_rng_state(state["rng"])
-        self.data_rng.set_state(state["data_rng"])
         version, internal, gauss = state["path_rng"]
         self.path_rng.setstate((version, tuple(internal), gauss))
         self.records = list(state["records"])
@@ -335,15 +327,13 @@ class SposRun:
 
     def checkpoint(self, epochs_done: int) -> None:
         version, internal, gauss = self.path_rng.getstate()
-        save_checkpoint(self.folder, {**self.identity, "epochs_done": epochs_done, "supernet": self.net.state_dict(),
-                                      "opt": self.opt.state_dict(), "schedule": self.schedule.state_dict(),
-                                      "rng": torch.get_rng_state(), "data_rng": self.data_rng.get_state(),
+        save_checkpoint(self.folder, {**self.identity, "epochs_done": epochs_done, **self.training.state(),
                                       "path_rng": [version, list(internal), gauss], "records": self.records})
         self.log()
 
     def log(self, **extra: Any) -> None:
-        write_log(self.folder, {**self.identity, "study": self.study.name, "storage": redacted(self.storage),
-                                "records": self.records, **extra})
+        write_log(self.folder, {**self.identity, "study": self.study_name, "storage": redacted(self.storage),
+                                "processes": self.group.world, "records": self.records, **extra})
 
     def epoch(self, epoch: int, advance: Callable[[float], None]) -> dict[str, Any]:
         """One epoch of single-path steps: each batch trains one uniformly sampled path."""
@@ -353,23 +343,29 @@ class SposRun:
         order = torch.randperm(len(labels), generator=self.data_rng)
         losses, correct = [], 0
         self.net.train()
-        for step in range(self.steps):
-            pick = order[step * self.hp.batch_size:(step + 1) * self.hp.batch_size]
-            self.net.sample_path(self.path_rng)
-            logits = self.net(images[pick])
-            loss = F.cross_entropy(logits, labels[pick], label_smoothing=self.hp.label_smoothing)
-            if not math.isfinite(loss.item()):
-                raise SpecError("the supernet's training diverged", location=Location("--hparam"),
-                                expected="a finite training loss", found=str(float(loss)),
-                                hint="lower the learning rate (--hparam lr=...)")
-            self.opt.zero_grad(set_to_none=True)
-            loss.backward()
-            self.opt.step()
-            self.schedule.step()
-            losses.append(loss.item())
-            correct += int((logits.argmax(1) == labels[pick]).sum())
-            advance(losses[-1])
-        return {"stage": "supernet", "epoch": epoch, "lr": lr, "train_loss": round(sum(losses) / len(losses), 6),
+        with self.group.batch_norm():
+            for step in range(self.steps):
+                self.net.sample_path(self.path_rng)
+                pick = order[step * self.hp.batch_size:(step + 1) * self.hp.batch_size]
+                x, y = self.group.batch((images, labels), pick)
+                logits = self.net(x)
+                loss = F.cross_entropy(logits, y, label_smoothing=self.hp.label_smoothing)
+                if not math.isfinite(loss.item()):
+                    raise SpecError("the supernet's training diverged", location=Location("--hparam"),
+                                    expected="a finite training loss", found=str(float(loss)),
+                                    hint="lower the learning rate (--hparam lr=...)")
+                self.opt.zero_grad(set_to_none=True)
+                loss.backward()
+                self.group.average_gradients(self.net.weight_parameters())
+                self.opt.step()
+                self.schedule.step()
+                losses.append(loss.item())
+                correct += int((logits.argmax(1) == y).sum())
+                advance(losses[-1])
+        self.group.check_identical(self.net.state_parts())
+        loss_sum, correct = self.group.sum([sum(losses), correct])  # equal shares: the mean is the global batch's
+        return {"stage": "supernet", "epoch": epoch, "lr": lr,
+                "train_loss": round(loss_sum / (len(losses) * self.group.world), 6),
                 "train_accuracy": round(correct / (len(losses) * len(pick)), 6),
                 "seconds": round(time.perf_counter() - started, 3)}
 
@@ -379,11 +375,14 @@ class SposRun:
         generation (its best subnet so far) in the study."""
         hp = self.hp
         batches = calibration_batches(self.dataset, hp.calibration_batches, hp.calibration_batch_size, self.seed)
-        evolution = Evolution(Space(self.spec), lambda a: estimate_accuracy(self.net, a, self.dataset, batches),
-                              self.constraints.feasible, hp, self.seed)
+        evolution = Evolution(Space(self.spec),
+                              lambda a: estimate_accuracy(self.net, a, self.dataset, batches, self.group),
+                              lambda a: self.group.decide(lambda: self.constraints.feasible(a)), hp, self.seed)
         clock = [time.perf_counter()]
 
         def generation(g: int, top: list[Candidate]) -> None:
+            if self.study is None:
+                return
             best = top[0]
             record = {"stage": "evolution", "epoch": g, "generation": g, "assignment": best.assignment,
                       "genotype": genotype_text(best.assignment), "val_accuracy": round(best.score, 6),
@@ -406,11 +405,16 @@ class SposRun:
         with progress_bar(remaining * self.steps, "spos supernet", progress and remaining > 0) as advance:
             for epoch in range(done, self.hp.epochs):
                 self.records.append(self.epoch(epoch, advance))
-                self.checkpoint(epoch + 1)
+                if self.study is not None:
+                    self.checkpoint(epoch + 1)
                 if on_epoch is not None:
                     on_epoch(self.records[-1])
         best = self.search(on_epoch)
         extra = {}
+        if self.study is None:  # the other ranks are done: the rank correlation trains subnets alone
+            return OneShotResult("spos", self.study_name, self.storage, self.folder, best.assignment,
+                                 evaluation_spec(self.spec, best.assignment), self.records, done,
+                                 time.perf_counter() - start, [], self.group.world)
         if self.hp.rank_subnets:
             from nasforge.search.oneshot.rank_correlation import rank_correlation  # it imports this module
 
@@ -421,24 +425,28 @@ class SposRun:
             self.records[-1]["rank_correlation"] = extra["rank_correlation"]
             self.study.study.set_user_attr("rank_correlation", extra["rank_correlation"])
         self.log(**extra)
-        return OneShotResult("spos", self.study.name, self.storage, self.folder, best.assignment,
+        return OneShotResult("spos", self.study_name, self.storage, self.folder, best.assignment,
                              evaluation_spec(self.spec, best.assignment), self.records, done,
-                             time.perf_counter() - start, [self.folder / LOG])
+                             time.perf_counter() - start, [self.folder / LOG], self.group.world)
 
 
 def run_spos(spec: Spec, dataset: Dataset, *, hparams: Mapping[str, Any] | None = None,
              storage: str = DEFAULT_STORAGE, study_name: str | None = None, seed: int = 0, run_dir: Path | None = None,
              progress: bool = False, on_epoch: Callable[[dict[str, Any]], None] | None = None,
-             constraints: Sequence[Constraint] = (), evaluator: Evaluator | None = None) -> OneShotResult:
+             constraints: Sequence[Constraint] = (), evaluator: Evaluator | None = None,
+             group: Group = SOLO) -> OneShotResult:
     """Search ``spec`` by SPOS on ``dataset``: train its supernet by uniform single paths (resuming from the
     run folder's checkpoint), then evolve subnets under ``constraints`` (judged by ``evaluator``'s static
     analysis or latency measurement on each subnet's concrete spec). ``hparams`` override
-    :class:`SposHParams`; ``on_epoch`` sees each training epoch's and each generation's record."""
+    :class:`SposHParams`; ``on_epoch`` sees each training epoch's and each generation's record (on rank 0
+    of ``group``, the processes that search together)."""
     hp = SposHParams.make(hparams or {})
+    group.check_batch(hp.batch_size)
     check_classifier(spec, dataset.input_shape, dataset.num_classes)
     name = study_name or default_study_name(spec, "spos")
     folder = run_dir or default_run_dir(storage, name)
     rules = SubnetConstraints(Space(spec), list(constraints), evaluator or Evaluator())
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return SposRun(spec, hp, dataset, storage, name, seed, folder, rules).run(progress, on_epoch)
+        return SposRun(spec, hp, dataset, storage, name, seed, folder, rules, group).run(
+            progress and group.lead, on_epoch if group.lead else None)

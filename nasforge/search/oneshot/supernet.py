@@ -123,6 +123,11 @@ class Supernet(nn.Module):
     def weight_parameters(self) -> list[nn.Parameter]:
         return list(self.body.parameters())
 
+    def state_parts(self) -> dict[str, list[torch.Tensor]]:
+        """Its state in the parts that the processes of a distributed search keep identical (and compare)."""
+        return {"architecture parameters": self.arch_parameters(), "weights": self.weight_parameters(),
+                "buffers": list(self.buffers())}
+
     def alpha(self, key: str) -> nn.Parameter:
         """The architecture parameters of one key (a choice label, or ``LABEL@j`` for an edge)."""
         return self.alphas[slug(key)]
