@@ -13,7 +13,6 @@ _ORT_LOAD = ("ONNX Runtime refuses the exported graph ({why}); the SpecError ('O
 KNOWN_DEFECTS: dict[tuple[str, str], str] = {
     ("onnxruntime", "attention_mask"): _ORT_LOAD.format(why="no EyeLike kernel for int64/bool, ex2 and ex3"),
     ("onnxruntime", "einsum"): _ORT_LOAD.format(why="'...ij,...jk' with a rank-2 operand, ex2"),
-    ("tvm", "einsum"): "float64 einsum 'bn, bn -> b' (ex7) comes back float32 from TVM (routed to the TVM backend owner)",
 }
 """(backend, op) -> what goes wrong and where it has been routed: an op that neither matches eager nor is
 refused with an error naming the op and its node. Measured with torch 2.13, onnxruntime 1.31, TVM 0.27."""
