@@ -115,14 +115,11 @@ class TVMModule(CompiledModule):
 
     # -- files --------------------------------------------------------------------------------------------
     def save(self, directory: Path) -> dict[str, Any]:
-        for name in self.file_names():
-            shutil.copyfile(self.directory / name, directory / name)
-        return dict(self.files)
-
-    def file_names(self) -> list[str]:
-        """Every file this module consists of (libraries, weights, generated sources and GPU binaries)."""
+        """Copy the libraries, the weights, and the generated C/CUDA sources and GPU binaries."""
         files = self.files
-        return [*files["libraries"].values(), files["weights"], *files.get("sources", []), *files.get("binaries", [])]
+        for name in [*files["libraries"].values(), files["weights"], *files["sources"], *files["binaries"]]:
+            shutil.copyfile(self.directory / name, directory / name)
+        return dict(files)
 
     @classmethod
     def load(cls, directory: Path, metadata: dict[str, Any]) -> "TVMModule":
@@ -202,6 +199,9 @@ class TVMBackend(Backend):
         info = CompileInfo(compile_s=export_s + result["compile_s"],
                            tuning_s=float(result["tuning"].get("tuning_s", 0.0)),
                            tuning=summary, notes=result["notes"] + self._notes(profile, result))
+        ignored = sorted(k for k, v in (options or {}).items() if k not in self.option_names and v is not None)
+        if ignored:
+            info.notes.append(f"tvm ignores options it has no use for: {', '.join(ignored)}")
         compiled = TVMModule(out, files, profile.name, inputs, outputs, info)
         weakref.finalize(compiled, shutil.rmtree, str(out), True)
         return compiled
@@ -227,6 +227,11 @@ class TVMBackend(Backend):
     @staticmethod
     def _notes(profile: TargetProfile, result: dict[str, Any]) -> list[str]:
         notes = []
+        tuning = result["tuning"]
+        if tuning:
+            notes.append(f"tuning: {tuning['tasks_tuned']} of {tuning['tasks_total']} tasks tuned in "
+                         f"{tuning['trials']} trials ({tuning['tuning_s']:.0f} s), {tuning['tasks_from_database']} "
+                         f"already in the database, {tuning['tasks_left_untuned']} left untuned by the budget")
         for label, applied in result.get("database", {}).items():
             notes.append(f"{applied['tasks_from_database']} of {applied['tasks_total']} tasks"
                          f"{' for ' + label if label else ''} use tuned schedules from {applied['path']}")

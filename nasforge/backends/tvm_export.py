@@ -1,9 +1,9 @@
 """The torch side of the TVM backend: a GraphModule to a Relax IRModule, or a SpecError naming the spec node.
 
 ``torch.export`` captures the network, a decomposition table rewrites the aten ops that TVM's Relax importer
-(``from_exported_program``) has no converter for into ops it has, and the importer builds the Relax module
-with the weights as runtime inputs (``keep_params_as_input``), so the weights are saved beside the compiled
-library instead of being baked into it. Any failure is reported in the spec's words: every exported aten node
+(``from_exported_program``) has no converter for, or converts wrongly, into ops it handles (a few converters
+are replaced outright), and the importer builds the Relax module with the weights as runtime inputs
+(``keep_params_as_input``), so the weights are saved beside the compiled library instead of being baked in. Any failure is reported in the spec's words: every exported aten node
 remembers the fx node it came from (``meta["from_node"]``), and the fx builder put the nasforge op and the
 node path on every fx node.
 
@@ -28,7 +28,6 @@ class RelaxProgram:
     module_json: str
     param_names: list[str]
     params: list[Any]  # numpy arrays, in the order the Relax ``main`` takes them after the inputs
-    dynamic_batch: bool
 
 
 # -- decompositions -------------------------------------------------------------------------------------
@@ -252,7 +251,7 @@ def _unsupported(node: fx.Node, gm: fx.GraphModule, why: str) -> SpecError:
 
 # -- import ---------------------------------------------------------------------------------------------
 
-def to_relax(program: torch.export.ExportedProgram, gm: fx.GraphModule, dynamic_batch: bool = False) -> RelaxProgram:
+def to_relax(program: torch.export.ExportedProgram, gm: fx.GraphModule) -> RelaxProgram:
     """Import the exported program into Relax with the weights detached as runtime inputs.
 
     Ops without a converter are refused before import (the importer would assert on the whole set at
@@ -281,7 +280,7 @@ def to_relax(program: torch.export.ExportedProgram, gm: fx.GraphModule, dynamic_
     if len(detached.get("main", [])) != len(names):
         raise SpecError("TVM's importer and torch.export disagree on the network's parameters",
                         expected=f"{len(names)} parameters", found=str(len(detached.get("main", []))))
-    return RelaxProgram(tvm.ir.save_json(module), names, params, dynamic_batch)
+    return RelaxProgram(tvm.ir.save_json(module), names, params)
 
 
 def _first_line(err: BaseException) -> str:

@@ -54,7 +54,7 @@ def default_root() -> Path:
 
 def database_dir(profile: TargetProfile, root: str | Path | None = None, arch: str | None = None) -> Path:
     """The database directory of one exact target under ``root`` (default :func:`default_root`)."""
-    return (Path(root).expanduser() if root else default_root()) / profile.key(arch)
+    return (Path(root).expanduser().resolve() if root else default_root()) / profile.key(arch)
 
 
 def check_tunable(profile: TargetProfile) -> None:

@@ -74,6 +74,12 @@ def test_a_missing_cross_compiler_is_named_with_its_package(monkeypatch) -> None
 
 # -- builds -----------------------------------------------------------------------------------------------
 
+@pytest.fixture(autouse=True)
+def private_tuning_db(tmp_path, monkeypatch):
+    """Builds read no tuning records from the user's cache."""
+    monkeypatch.setenv("NASFORGE_TUNING_DB", str(tmp_path / "tuning-db"))
+
+
 @pytest.fixture(scope="module")
 def mlp():
     """A two-layer MLP, its example inputs and its eager output."""
@@ -84,10 +90,9 @@ def mlp():
 
 def build(mlp, target: str):
     gm, x, _ = mlp
-    return TVMBackend().compile(gm, x, target, {"tuning_db": None})
+    return TVMBackend().compile(gm, x, target)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("target", ["x86", "x86-avx2", "x86-avx512"])
 def test_x86_profiles_build_x86_64_code_that_matches_eager_where_it_runs(mlp, target: str) -> None:
     compiled = build(mlp, target)
@@ -97,7 +102,6 @@ def test_x86_profiles_build_x86_64_code_that_matches_eager_where_it_runs(mlp, ta
         np.testing.assert_allclose(compiled.run_numpy(mlp[1][0].numpy())[0], mlp[2], atol=1e-4)
 
 
-@pytest.mark.slow
 def test_arm64_is_cross_compiled_and_linked_into_an_aarch64_library(mlp) -> None:
     if not targets.resolve("arm64").builds_here()[0]:
         pytest.skip(targets.resolve("arm64").builds_here()[1])
@@ -109,7 +113,6 @@ def test_arm64_is_cross_compiled_and_linked_into_an_aarch64_library(mlp) -> None
             compiled.run_numpy(mlp[1][0].numpy())
 
 
-@pytest.mark.slow
 def test_c_profile_writes_c_source_the_host_compiler_built_and_it_matches_eager(mlp) -> None:
     compiled = build(mlp, "c")
     source = (compiled.directory / "module.c").read_text()

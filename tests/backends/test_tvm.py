@@ -61,7 +61,6 @@ def test_mlp_matches_eager_and_reports_its_compile() -> None:
     assert compiled.files["transform_params"]  # weight transposes run once at load, not per call
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("name", ["lenet5", "mix"])
 def test_lenet5_and_a_conv_bn_gelu_attention_mix_match_eager(name: str) -> None:
     if name == "lenet5":
@@ -75,7 +74,6 @@ def test_lenet5_and_a_conv_bn_gelu_attention_mix_match_eager(name: str) -> None:
         np.testing.assert_allclose(got, want, atol=1e-4)
 
 
-@pytest.mark.slow
 def test_dynamic_batch_runs_every_batch_size() -> None:
     spec, gm = spec_and_module(MLP)
     compiled = TVMBackend().compile(gm, inputs_for(spec, batch=2), "x86", {"dynamic_batch": True})
@@ -84,7 +82,6 @@ def test_dynamic_batch_runs_every_batch_size() -> None:
         np.testing.assert_allclose(compiled.run_numpy(x[0].numpy())[0], eager(gm, x)[0], atol=1e-4)
 
 
-@pytest.mark.slow
 def test_artifact_loads_and_runs_in_a_torch_free_process(tmp_path) -> None:
     spec, gm = spec_and_module(MIX)
     x = inputs_for(spec, batch=1)
@@ -128,7 +125,6 @@ graph:
 """
 
 
-@pytest.mark.slow
 def test_an_op_a_target_cannot_generate_is_found_and_named() -> None:
     """TVM 0.27's CUDA schedule for mask_token divides by zero in codegen; the error names the spec node,
     found by building the network's nodes one by one, not the fused TIR function TVM names."""
