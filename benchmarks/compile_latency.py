@@ -101,7 +101,7 @@ def network(name: str, batch: int, overrides: dict[str, Any]) -> dict[str, Any]:
 
 
 def compile_backend(backend: str, net: dict[str, Any], tune_trials: int, tuning_db: str | None,
-                    empty_db: str, threads: int) -> Any:
+                    empty_db: str, threads: int, retune: bool = False) -> Any:
     """One backend's module: eager on the network as built, every other backend on the optimized copy."""
     from nasforge import backends
 
@@ -112,7 +112,7 @@ def compile_backend(backend: str, net: dict[str, Any], tune_trials: int, tuning_
     if backend == "tvm_tuned":
         options: dict[str, Any] = {"tuning_db": tuning_db}
         if tune_trials:
-            options["tune_trials"] = tune_trials
+            options.update(tune_trials=tune_trials, retune=retune)
         return backends.compile(net["optimized"], net["inputs"], "tvm", options=options)
     if backend == "onnxruntime":
         return backends.compile(net["optimized"], net["inputs"], backend, options={"threads": threads})
@@ -204,7 +204,8 @@ def bench_network(name: str, batch: int, backends: Sequence[str], args: argparse
         print(f"[{time.strftime('%H:%M:%S')}] {name} batch {batch}: {backend}", file=sys.stderr, flush=True)
         started = time.perf_counter()
         try:
-            module = compile_backend(backend, net, args.tune_trials, args.tuning_db, empty_db, args.threads)
+            module = compile_backend(backend, net, args.tune_trials, args.tuning_db, empty_db, args.threads,
+                                     args.retune)
             outputs = module.run_numpy(*net["arrays"])
         except Exception as err:  # one backend failing on one network is a row of the table, not the end
             row["error"] = f"{type(err).__name__}: {err}"[:500]
@@ -273,6 +274,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--tune-trials", type=int, default=0,
                    help="extra MetaSchedule trials per network and batch for TVM tuned (tasks the database lacks)")
     p.add_argument("--tuning-db", default=None, help="tuning database root (default: the persistent one)")
+    p.add_argument("--retune", action="store_true",
+                   help="let --tune-trials improve tasks the database knows too (hottest first)")
     p.add_argument("--repeats", type=int, default=30)
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--no-profile", dest="profile", action="store_false",
@@ -299,7 +302,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     result: dict[str, Any] = {"machine": machine_info(), "threads": args.threads,
                               "started": time.strftime("%Y-%m-%d %H:%M:%S"), "load_average_start": load_average(),
                               "settings": {"models": args.models, "batches": args.batches, "backends": args.backends,
-                                           "tune_trials": args.tune_trials, "tuning_db": args.tuning_db,
+                                           "tune_trials": args.tune_trials, "retune": args.retune,
+                                           "tuning_db": args.tuning_db,
                                            "repeats": args.repeats, "warmup": args.warmup, "overrides": args.overrides,
                                            "max_seconds": MAX_SECONDS}}
     rows: list[dict[str, Any]] = []

@@ -653,6 +653,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tune-minutes", type=float, metavar="M", help="tuning budget in minutes (tvm)")
     p.add_argument("--tuning-db", metavar="DIR", help="tuning database to read and extend (tvm; default the "
                                                      "per-target database under ~/.cache/nasforge)")
+    p.add_argument("--retune", action="store_true",
+                   help="spend the tuning budget on the tasks the database already knows too, hottest first, from "
+                        "their best schedules on (tvm; by default a known task is never tuned again)")
     p.add_argument("--option", action="append", metavar="KEY=VALUE",
                    help="a backend option (YAML value), e.g. --option mode=max-autotune (inductor), "
                         "--option opset=17 (onnxruntime); repeatable")

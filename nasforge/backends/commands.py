@@ -29,7 +29,9 @@ def compile_command(args: argparse.Namespace) -> int:
     from nasforge.backends.artifact import check_destination, write_artifact
     from nasforge.backends.auto import agrees, max_abs_error
     from nasforge.backends.registry import CROSS_COMPILERS, get_backend
+    from nasforge.backends import tvm_worker
     from nasforge.backends.targets import resolve
+    from nasforge.backends.tvm_tuning import describe_progress
     from nasforge.cli import _console, _load
 
     con = _console()
@@ -58,7 +60,8 @@ def compile_command(args: argparse.Namespace) -> int:
         gm.meta["output_names"] = list(graph.outputs)
         status(f"compiling with {backend.name} for {profile.name}"
                + (" (tuning)" if options.get("tune_trials") or options.get("tune_minutes") else ""))
-        compiled = backend.compile(gm, inputs, profile.name, options)
+        with tvm_worker.progress_to(lambda progress: status(describe_progress(progress))):
+            compiled = backend.compile(gm, inputs, profile.name, options)
         runs_here, why_not = profile.runs_here() if compiled.backend in CROSS_COMPILERS else (True, "")
         latency: Latency | None = None
         agreement: dict[str, Any] = {"checked": False, "reason": f"target does not run here: {why_not}"}
@@ -98,6 +101,8 @@ def backend_options(args: argparse.Namespace) -> dict[str, Any]:
                 raise SpecError(f"--{flag.replace('_', '-')} must not be negative", location=Location(f"--{flag}"),
                                 expected="a number >= 0", found=str(value))
             options[key] = value
+    if getattr(args, "retune", False):
+        options["retune"] = True
     return options
 
 

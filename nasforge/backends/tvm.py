@@ -132,7 +132,7 @@ class TVMBackend(Backend):
     name = "tvm"
     description = ("torch.export -> TVM Relax -> MetaSchedule-tuned library (persistent tuning database); "
                    "cross-compiles for every target profile")
-    option_names = ("tune_trials", "tune_minutes", "tuning_db", "trials_per_task", "dynamic_batch")
+    option_names = ("tune_trials", "tune_minutes", "tuning_db", "trials_per_task", "retune", "dynamic_batch")
 
     def availability(self, target: str) -> tuple[bool, str]:
         if importlib.util.find_spec("tvm") is None:
@@ -162,7 +162,7 @@ class TVMBackend(Backend):
         own = self.check_options(options)
         profile = resolve(target)
         budget = {"trials": own.get("tune_trials") or None, "minutes": own.get("tune_minutes") or None,
-                  "trials_per_task": own.get("trials_per_task")}
+                  "trials_per_task": own.get("trials_per_task"), "retune": bool(own.get("retune"))}
         tuning = budget["trials"] is not None or budget["minutes"] is not None
         dynamic = bool(own.get("dynamic_batch"))
         if tuning:

@@ -13,6 +13,7 @@ The child and the MetaSchedule processes it starts never import torch (``import 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -20,9 +21,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from nasforge.backends.base import host_cores
 from nasforge.errors import SpecError
@@ -38,6 +40,57 @@ STAGES = {
     "cuda": "compiling CUDA kernels with nvcc",
     "probe": "building spec node",
 }
+
+
+PROGRESS = "progress.json"
+"""The child rewrites this file (atomically) after each tuning round; the parent polls it."""
+POLL_S = 1.0
+_listener: ContextVar[Callable[[dict[str, Any]], None] | None] = ContextVar("tvm_progress", default=None)
+
+
+@contextlib.contextmanager
+def progress_to(listener: Callable[[dict[str, Any]], None]) -> Iterator[None]:
+    """Within the block, every TVM compile or tune in this thread reports its tuning progress to ``listener``
+    (a dict: trials, budget, tasks, the task being tuned, the estimated kernel time): how the CLI's status line
+    follows a tuning run of many minutes without the backend interface growing a callback argument."""
+    token = _listener.set(listener)
+    try:
+        yield
+    finally:
+        _listener.reset(token)
+
+
+def write_progress(work: Path, progress: dict[str, Any]) -> None:
+    """In the child: replace the progress file at once (the parent never reads half of one)."""
+    tmp = work / (PROGRESS + ".tmp")
+    tmp.write_text(json.dumps(progress))
+    tmp.replace(work / PROGRESS)
+
+
+def _wait(proc: subprocess.Popen[str], work: Path) -> tuple[str, str]:
+    """The child's output once it exits; meanwhile (and once more at the end) its progress goes to the
+    listener, if one is set."""
+    listener, seen = _listener.get(), None
+    while True:
+        try:
+            output = proc.communicate(timeout=POLL_S if listener else None)
+        except subprocess.TimeoutExpired:
+            output = None
+        if listener is not None:
+            seen = _relay(work / PROGRESS, seen, listener)
+        if output is not None:
+            return output
+
+
+def _relay(path: Path, seen: str | None, listener: Callable[[dict[str, Any]], None]) -> str | None:
+    """Hand the progress file to the listener if it changed since ``seen``; returns its text."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return seen
+    if text != seen:
+        listener(json.loads(text))
+    return text
 
 
 def worker_env() -> dict[str, str]:
@@ -70,8 +123,15 @@ def run_worker(request: dict[str, Any], modules: Sequence[str], out_dir: Path | 
             Path(paths[-1]).write_text(text)
         full = {**request, "modules": paths, "work": str(work), "out": str(out_dir) if out_dir else None}
         (work / "request.json").write_text(json.dumps(full))
-        proc = subprocess.run([sys.executable, "-m", "nasforge.backends.tvm_worker", str(work / "request.json")],
-                              env=worker_env(), capture_output=True, text=True)
+        command = [sys.executable, "-m", "nasforge.backends.tvm_worker", str(work / "request.json")]
+        child = subprocess.Popen(command, env=worker_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            stdout, stderr = _wait(child, work)
+        except BaseException:  # Ctrl-C or an error in the listener: no orphaned tuner
+            child.kill()
+            child.wait()
+            raise
+        proc = subprocess.CompletedProcess(command, child.returncode, stdout, stderr)
         result_file = work / "result.json"
         result = json.loads(result_file.read_text()) if result_file.is_file() else None
         if result is not None and result.get("ok"):
@@ -201,8 +261,10 @@ def _compile(request: dict[str, Any], modules: list[Any], stage: _Stage) -> dict
         lowered = lower(mod, target)
         if request.get("tune"):
             stage("tune")
+            work = Path(request["work"])
             result["tuning"] = tvm_tuning.tune_module(lowered, target, database, tvm_tuning.Budget(**request["tune"]),
-                                                      Path(request["work"]) / "tune", host_cores())
+                                                      work / "tune", host_cores(),
+                                                      report=lambda progress: write_progress(work, progress))
         if request["mode"] == "tune":
             return result
         stage("apply")

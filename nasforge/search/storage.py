@@ -27,7 +27,7 @@ from collections import Counter
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, Callable, Iterator, Mapping, TypeVar
 from urllib.parse import quote_plus
 
 import optuna
@@ -208,6 +208,29 @@ def rdb_of(study: optuna.Study) -> RDBStorage | None:
     storage = study._storage  # noqa: SLF001 (Optuna's cache hides the engine that counts and locks need)
     storage = getattr(storage, "_backend", storage)
     return storage if isinstance(storage, RDBStorage) else None
+
+
+def set_user_attrs(trial: optuna.Trial, attrs: Mapping[str, Any]) -> None:
+    """Write several user attributes of a running trial in one transaction (one commit instead of one per
+    attribute: on PostgreSQL every commit waits for the disk), retried like any storage call. Falls back to
+    Optuna's one-attribute calls where the storage is not an RDB one or its internals differ."""
+    rdb = rdb_of(trial.study)
+    write_one = getattr(rdb, "_set_trial_attr_without_commit", None)
+    if rdb is None or write_one is None or not attrs:
+        for key, value in attrs.items():
+            trial.set_user_attr(key, value)
+        return
+    from optuna.storages._rdb import models
+    from optuna.storages._rdb.storage import _create_scoped_session
+
+    def write() -> None:
+        with _create_scoped_session(rdb.scoped_session, True) as session:
+            for key, value in attrs.items():
+                write_one(session, models.TrialUserAttributeModel, trial._trial_id, key, value)  # noqa: SLF001
+
+    with_retries(write, getattr(rdb, "retry_s", RETRY_S), "writing trial attributes",
+                 on_retry=rdb.scoped_session.remove)
+    trial._cached_frozen_trial.user_attrs.update(attrs)  # noqa: SLF001 (what Trial.set_user_attr keeps in step)
 
 
 def tally(study: optuna.Study) -> Counter[TrialState]:

@@ -44,7 +44,7 @@ from nasforge.errors import Location, SpecError
 from nasforge.search.hashing import graph_hash
 from nasforge.search.objectives import Constraint, Evaluator, Objective
 from nasforge.search.space import Assignment, Space
-from nasforge.search.storage import MEMORY_STORAGE, open_storage  # noqa: F401 (re-exported)
+from nasforge.search.storage import MEMORY_STORAGE, open_storage, set_user_attrs  # noqa: F401 (re-exported)
 from nasforge.search.strategies import STRATEGIES, Result, Strategy
 from nasforge.search.strategies.base import dominates
 from nasforge.search.strategies.optuna_samplers import OptunaStrategy
@@ -311,26 +311,22 @@ class Search:
         assignment = self.space.complete({}, choose=lambda c: suggest(trial, c))
         concrete = self.space.concrete(assignment)
         key = graph_hash(concrete.graph)  # inference happens here: a misfit member fails the trial
-        trial.set_user_attr("assignment", json.dumps(assignment, sort_keys=True, default=str))
-        trial.set_user_attr("graph_hash", key)
-        trial.set_user_attr("seed", self.seed)
-        for name, value in self.evaluator.settings(self.metrics).items():  # how its metrics are measured
-            trial.set_user_attr(name, value)
-        if key in self.seen:
-            source, recorded_metrics = self.seen[key]
-            metrics = dict(recorded_metrics)
-            trial.set_user_attr("duplicate_of", source)
+        # what the trial is and how its metrics are measured, stored before evaluating (a failure keeps it)
+        attrs: dict[str, Any] = {"assignment": json.dumps(assignment, sort_keys=True, default=str),
+                                 "graph_hash": key, "seed": self.seed, **self.evaluator.settings(self.metrics)}
+        duplicate = key in self.seen
+        if duplicate:
+            attrs["duplicate_of"] = self.seen[key][0]
         else:
-            trial.set_user_attr("spec", concrete.to_yaml())
-            metrics = self.evaluator.evaluate(concrete, self.metrics, key)
+            attrs["spec"] = concrete.to_yaml()
+        set_user_attrs(trial, attrs)
+        metrics = dict(self.seen[key][1]) if duplicate else self.evaluator.evaluate(concrete, self.metrics, key)
         violations = [c.violation(metrics[c.metric]) for c in self.constraints]
         feasible = not any(v > 0 for v in violations)
         for constraint, violation in zip(self.constraints, violations):  # read by TPE, GP and NSGA-II
             trial.set_constraint(str(constraint), violation)
-        trial.set_user_attr("metrics", metrics)
-        trial.set_user_attr("constraints", violations or [0.0])
-        trial.set_user_attr("feasible", feasible)
-        trial.set_user_attr("seconds", round(time.perf_counter() - start, 3))
+        set_user_attrs(trial, {"metrics": metrics, "constraints": violations or [0.0], "feasible": feasible,
+                               "seconds": round(time.perf_counter() - start, 3)})
         values = [metrics[o.metric] for o in self.objectives]
         if not all(math.isfinite(v) for v in values):
             raise SpecError("an objective is not finite", expected="finite metrics", found=str(metrics))

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nasforge.backends import targets, tvm_tuning
+from nasforge.backends import targets, tvm_tuning, tvm_worker
 from nasforge.backends.tvm import TVMBackend
 from nasforge.errors import SpecError
 from tests.backends.nets import inputs_for, run_python, spec_and_module
@@ -37,15 +37,35 @@ graph:
 """Shares its first workload (an 8 -> 16 linear at batch 1) with :data:`ONE_LAYER`."""
 
 
-def test_the_trial_budget_is_shared_out_hottest_first() -> None:
-    budget = tvm_tuning.Budget(trials=10)
-    assert budget.next_task_trials(spent=0, tasks_left=3) == 4
-    assert budget.next_task_trials(spent=2, tasks_left=2) == 4  # what the first task left over moves on
-    assert tvm_tuning.Budget(trials=100, trials_per_task=16).next_task_trials(0, 2) == 16
-    assert tvm_tuning.Budget(minutes=1.0).next_task_trials(0, 45) == tvm_tuning.DEFAULT_TRIALS_PER_TASK
-    assert tvm_tuning.Budget(minutes=1.0).next_task_trials(8, 45, seconds_per_trial=10.0) <= 6  # time left / pace
+def test_the_budget_is_spent_in_rounds_within_trials_cap_and_time() -> None:
+    budget = tvm_tuning.Budget(trials=40)
+    assert budget.next_round_trials(spent=0, task_spent=0) == tvm_tuning.ROUND_TRIALS
+    assert budget.next_round_trials(spent=32, task_spent=32) == 8  # what is left of the budget
+    assert tvm_tuning.Budget(trials=100, trials_per_task=16).next_round_trials(0, 10) == 6  # the task's cap
+    assert tvm_tuning.Budget(minutes=1.0).next_round_trials(0, 0) == tvm_tuning.ROUND_TRIALS
+    assert tvm_tuning.Budget(trials=40).next_round_trials(0, 0, size=8) == 8
+    assert tvm_tuning.Budget(minutes=1.0).next_round_trials(8, 8, seconds_per_trial=10.0) <= 6  # time left / pace
     with pytest.raises(ValueError):
         tvm_tuning.Budget()
+
+
+def test_the_next_round_goes_to_the_task_most_likely_to_pay() -> None:
+    def info(weight: int, untuned_ms: float) -> tvm_tuning.TaskInfo:
+        return tvm_tuning.TaskInfo("t", weight, untuned_ms, 0.0, False)
+
+    infos = [info(1, 10.0), info(3, 5.0), info(1, 1.0)]
+    picker = tvm_tuning.TaskPicker(infos, [0, 1, 2])
+    assert picker.next(set()) == 1  # 3 calls x 5 ms is the biggest share of the network
+    infos[1].best_ms = 1.0
+    picker.record(1, before_ms=15.0)  # a round that paid: 15 ms -> 3 ms
+    assert picker.next(set()) == 0
+    infos[0].best_ms = 9.9
+    picker.record(0, before_ms=10.0)  # a round that barely paid: the task yields
+    assert picker.next(set()) == 1 and picker.next({1}) == 2
+    assert picker.next({0, 1, 2}) is None
+    infos.append(info(1, 0.01))
+    picker.candidates.append(3)
+    assert picker.round_size(3) == tvm_tuning.SMALL_ROUND_TRIALS < picker.round_size(0) == tvm_tuning.ROUND_TRIALS
 
 
 def test_database_location_follows_option_then_environment(tmp_path, monkeypatch) -> None:
@@ -84,9 +104,13 @@ def assert_consistent(directory: Path) -> tuple[list[str], list[list]]:
 def test_tuning_writes_records_and_the_next_compile_reuses_them(tmp_path) -> None:
     spec, gm = spec_and_module(TWO_LAYERS)
     x = inputs_for(spec, batch=1)
-    options = {"tune_trials": 4, "tuning_db": str(tmp_path)}
-    first = TVMBackend().compile(gm, x, "x86", options)
+    options = {"tune_trials": 4, "trials_per_task": 2, "tuning_db": str(tmp_path)}  # the cap shares them out
+    reports: list[dict] = []
+    with tvm_worker.progress_to(reports.append):
+        first = TVMBackend().compile(gm, x, "x86", options)
     tuning = first.info.tuning
+    assert reports and reports[-1]["trials"] == tuning["trials"] and reports[-1]["tasks_pending"] == 2
+    assert "trials" in tvm_tuning.describe_progress(reports[-1])
     assert tuning["tasks_total"] == 2 and tuning["tasks_tuned"] == 2 and tuning["tasks_from_database"] == 0
     assert 1 <= tuning["trials"] <= 4 and first.info.tuning_s > 0
     directory = Path(tuning["database"])
@@ -101,6 +125,14 @@ def test_tuning_writes_records_and_the_next_compile_reuses_them(tmp_path) -> Non
     assert second.info.tuning["applied"][""]["tasks_from_database"] == 2
     assert len(read_database(directory)[1]) == len(records)  # nothing new written
     np.testing.assert_allclose(second.run_numpy(x[0].numpy())[0], gm(*x).detach().numpy(), atol=1e-4)
+
+    third = TVMBackend().compile(gm, x, "x86", {**options, "retune": True})  # asked to improve known tasks
+    retuned = third.info.tuning
+    assert retuned["trials"] > 0 and retuned["tasks_retuned"] >= 1 and retuned["tasks_from_database"] == 2
+    _, after = assert_consistent(directory)
+    assert len(after) == len(records) + retuned["records_added"]  # the records it started from are not copied
+    assert retuned["records_added"] == retuned["trials"]  # each new measurement once
+    np.testing.assert_allclose(third.run_numpy(x[0].numpy())[0], gm(*x).detach().numpy(), atol=1e-4)
 
 
 TUNER = """

@@ -54,6 +54,7 @@ def run_command(group: Group, args: argparse.Namespace) -> int:
     from nasforge.search.data import load_dataset
     from nasforge.search.objectives import Constraint
     from nasforge.search.oneshot.discretize import evaluation_spec, genotype_text
+    from nasforge.search.oneshot.distributed import SOLO
     from nasforge.search.oneshot.runner import run_oneshot
 
     torch.set_num_threads(args.threads)
@@ -91,8 +92,9 @@ def run_command(group: Group, args: argparse.Namespace) -> int:
     if args.output:
         _write(Path(args.output), final.to_yaml())
     if args.json:
-        print(json.dumps({**result.as_dict(), "params": totals.params, "macs": totals.macs,
-                          "output": args.output}, indent=2, default=str))
+        print(json.dumps({**result.as_dict(), "params": totals.params, "macs": totals.macs, "output": args.output,
+                          "device": group.device.type, "backend": group.backend if group is not SOLO else None},
+                         indent=2, default=str))
         return EXIT_OK
     con.print(f"study {escape(result.study_name)}: {len(result.records)} records"
               + (f" ({result.resumed_epochs} epochs resumed from the checkpoint)" if result.resumed_epochs else "")

@@ -239,7 +239,9 @@ def global_batch_norm(input: torch.Tensor, running_mean: torch.Tensor | None, ru
 def gathered(t: torch.Tensor) -> torch.Tensor:
     """Every rank's ``t`` concatenated along the first axis, in rank order, differentiably: the backward
     pass sums the gradients of each rank's part over the ranks (torch's functional collectives)."""
-    out = collectives.all_gather_single_autograd(t, 0, dist.group.WORLD)
+    gather = getattr(collectives, "all_gather_single_autograd", None) \
+        or collectives.all_gather_tensor_autograd  # its name before torch 2.13 (GPU images lag behind)
+    out = gather(t, 0, dist.group.WORLD)
     return out.wait() if isinstance(out, collectives.AsyncCollectiveTensor) else out
 
 
