@@ -59,3 +59,26 @@ def test_tvm_untuned_and_tuned_with_a_two_trial_budget(tmp_path: Path) -> None:
     assert tuned["database"]["tasks_from_database"] >= 1  # what it tuned, it applied
     assert rows["tvm_untuned"]["database"]["tasks_from_database"] == 0
     assert any(db.rglob("database_tuning_record.json"))
+
+
+def test_batch_norm_calibration_makes_the_output_depend_on_the_input() -> None:
+    """With fresh statistics MobileNetV2's output is its classifier's bias whatever the input (the error column
+    would read 0 for every backend); measured statistics make the comparison mean something."""
+    import importlib.util
+
+    import torch
+
+    import nasforge
+    from nasforge.compiler.fx_builder import example_inputs
+
+    module_spec = importlib.util.spec_from_file_location("compile_latency", SCRIPT)
+    bench = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(bench)
+    spec = nasforge.load(ROOT / "specs" / "models" / "mobilenet_v2.yaml")
+    x = example_inputs(spec.graph, batch=2)
+    with torch.inference_mode():
+        fresh = spec.build().eval()(*x)
+        assert (fresh[0] - fresh[1]).abs().max() < 1e-6  # the failure this guards against
+        calibrated = bench.calibrate_batch_norm(spec.build(), [example_inputs(spec.graph, batch=4, seed=1)]).eval()
+        out = calibrated(*x)
+    assert (out[0] - out[1]).abs().max() > 1e-3
