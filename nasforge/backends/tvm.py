@@ -140,7 +140,8 @@ class TVMBackend(Backend):
         return resolve(target).builds_here()
 
     def check_options(self, options: dict[str, Any] | None) -> dict[str, Any]:
-        """This backend's options, validated: budgets are numbers >= 0 (0 or absent: no tuning)."""
+        """This backend's options, validated: budgets are numbers >= 0 (0 or absent: no tuning), retune a
+        boolean."""
         own = {k: v for k, v in (options or {}).items() if k in self.option_names and v is not None}
         for key, kind in (("tune_trials", int), ("tune_minutes", float), ("trials_per_task", int)):
             if key in own:
@@ -151,6 +152,9 @@ class TVMBackend(Backend):
                                     location=Location(f"--{key.replace('_', '-')}"),
                                     expected=f"{kind.__name__} >= 0", found=repr(value))
                 own[key] = kind(value)
+        if "retune" in own and not isinstance(own["retune"], bool):
+            raise SpecError("option 'retune' must be true or false", location=Location("--option retune"),
+                            expected="true or false", found=repr(own["retune"]))
         return own
 
     def compile(self, graph_module: Any, example_inputs: Sequence[Any], target: str,

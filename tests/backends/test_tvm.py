@@ -137,7 +137,7 @@ def test_an_op_a_target_cannot_generate_is_found_and_named() -> None:
 
 
 @pytest.mark.parametrize("options,word", [({"tune_trials": -1}, "tune_trials"), ({"tune_trials": 2.5}, "whole"),
-                                          ({"tune_minutes": "ten"}, "tune_minutes")])
+                                          ({"tune_minutes": "ten"}, "tune_minutes"), ({"retune": "maybe"}, "retune")])
 def test_bad_options_are_spec_errors(options: dict, word: str) -> None:
     with pytest.raises(SpecError, match=word):
         TVMBackend().check_options(options)
