@@ -658,7 +658,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "their best schedules on (tvm; by default a known task is never tuned again)")
     p.add_argument("--option", action="append", metavar="KEY=VALUE",
                    help="a backend option (YAML value), e.g. --option mode=max-autotune (inductor), "
-                        "--option opset=17 (onnxruntime); repeatable")
+                        "--option opset=17 (onnxruntime), --option prepack=false (tvm: keep weights in their own "
+                        "layout; by default the tuning database decides), --option winograd=true (tvm: Winograd "
+                        "3x3 convolutions); repeatable")
     p.add_argument("--no-optimize", action="store_true", help="skip the graph passes")
     p.add_argument("--repeats", type=int, default=50, metavar="N", help="timed runs for the latency (default 50)")
     p.add_argument("-o", "--output", required=True, metavar="DIR", help="the artifact directory to write")

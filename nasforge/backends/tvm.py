@@ -28,6 +28,7 @@ import numpy as np
 from nasforge.backends.base import Backend, CompileInfo, CompiledModule, TensorSpec
 from nasforge.backends.registry import require_available
 from nasforge.backends.targets import TargetProfile, import_tvm, resolve
+from nasforge.backends.tvm_prepack import default_for as prepack_default
 from nasforge.errors import Location, SpecError
 
 WEIGHTS = "weights.safetensors"
@@ -101,8 +102,12 @@ class TVMModule(CompiledModule):
         self._vm = relax.VirtualMachine(self._load_library(tvm, name, kernels), self._device)
         weights = load_file(str(self.directory / self.files["weights"]))
         params = [tvm.runtime.tensor(weights[n], self._device) for n in self.files["param_names"]]
-        # What depends on the weights alone was lifted out of ``main`` at compile time: run it once here.
-        self._params = list(self._vm["main_transform_params"](params)) if self.files.get("transform_params") else params
+        # What depends on the weights alone was lifted out of ``main`` at compile time: run it once here (a
+        # chain of functions; artifacts written before prepacking say ``true`` for the one transform).
+        chain = self.files.get("transform_params") or []
+        for name in ["main_transform_params"] if chain is True else chain:
+            params = list(self._vm[name](params))
+        self._params = params
 
     def run_numpy(self, *arrays: np.ndarray) -> list[np.ndarray]:
         self._ensure_loaded()
@@ -132,7 +137,8 @@ class TVMBackend(Backend):
     name = "tvm"
     description = ("torch.export -> TVM Relax -> MetaSchedule-tuned library (persistent tuning database); "
                    "cross-compiles for every target profile")
-    option_names = ("tune_trials", "tune_minutes", "tuning_db", "trials_per_task", "retune", "dynamic_batch")
+    option_names = ("tune_trials", "tune_minutes", "tuning_db", "trials_per_task", "retune", "dynamic_batch",
+                    "winograd", "prepack")
 
     def availability(self, target: str) -> tuple[bool, str]:
         if importlib.util.find_spec("tvm") is None:
@@ -140,8 +146,8 @@ class TVMBackend(Backend):
         return resolve(target).builds_here()
 
     def check_options(self, options: dict[str, Any] | None) -> dict[str, Any]:
-        """This backend's options, validated: budgets are numbers >= 0 (0 or absent: no tuning), retune a
-        boolean."""
+        """This backend's options, validated: budgets are numbers >= 0 (0 or absent: no tuning), retune,
+        winograd and prepack booleans."""
         own = {k: v for k, v in (options or {}).items() if k in self.option_names and v is not None}
         for key, kind in (("tune_trials", int), ("tune_minutes", float), ("trials_per_task", int)):
             if key in own:
@@ -152,9 +158,10 @@ class TVMBackend(Backend):
                                     location=Location(f"--{key.replace('_', '-')}"),
                                     expected=f"{kind.__name__} >= 0", found=repr(value))
                 own[key] = kind(value)
-        if "retune" in own and not isinstance(own["retune"], bool):
-            raise SpecError("option 'retune' must be true or false", location=Location("--option retune"),
-                            expected="true or false", found=repr(own["retune"]))
+        for key in ("retune", "winograd", "prepack"):
+            if key in own and not isinstance(own[key], bool):
+                raise SpecError(f"option {key!r} must be true or false", location=Location(f"--option {key}"),
+                                expected="true or false", found=repr(own[key]))
         return own
 
     def compile(self, graph_module: Any, example_inputs: Sequence[Any], target: str,
@@ -184,7 +191,8 @@ class TVMBackend(Backend):
         out = Path(tempfile.mkdtemp(prefix="nasforge-tvm-module-"))
         try:
             request = {"mode": "compile", "target": profile.name, "db_root": own.get("tuning_db"),
-                       "tune": budget if tuning else None}
+                       "tune": budget if tuning else None, "winograd": bool(own.get("winograd")),
+                       "prepack": own.get("prepack", prepack_default(profile.kind))}
             try:
                 result = tvm_worker.run_worker(request, [program.module_json], out)
             except tvm_worker.StageError as err:

@@ -314,7 +314,7 @@ def tune_module(mod: Any, target: Any, database: TuningDatabase, budget: Budget,
     new_tasks = [k for k, info in enumerate(infos) if not info.in_database]
     pending = list(range(len(infos))) if budget.retune else new_tasks
     for k in set(pending) - set(new_tasks):  # a known task starts from its best measured time
-        infos[k].best_ms = infos[k].start_ms = _best_ms(known, extracted[k].dispatched[0])
+        infos[k].best_ms = infos[k].start_ms = best_ms(known, extracted[k].dispatched[0])
     builder = ms.builder.LocalBuilder(max_workers=cores, timeout_sec=WORKER_TIMEOUT_S)
     runner = ms.runner.LocalRunner(timeout_sec=WORKER_TIMEOUT_S)
     untuned = dict(zip(new_tasks, _measure_untuned([extracted[k] for k in new_tasks], target, builder, runner)))
@@ -351,7 +351,7 @@ def tune_module(mod: Any, target: Any, database: TuningDatabase, budget: Budget,
         counter = _tune_round(extracted[k], trials, work, builder, runner, private, cost_model, cores)
         if untuned.get(k) and counter.trials and not infos[k].trials:
             _commit_default(private, extracted[k], untuned[k], target)  # once per task, before its best is read
-        infos[k].best_ms = _best_ms(private, extracted[k].dispatched[0]) or infos[k].best_ms
+        infos[k].best_ms = best_ms(private, extracted[k].dispatched[0]) or infos[k].best_ms
         infos[k].trials += counter.trials
         spent += counter.trials
         if counter.trials < trials:
@@ -411,7 +411,7 @@ def _tune_round(task: Any, trials: int, work: Path, builder: Any, runner: Any, d
     return counter
 
 
-def _best_ms(database: Any, mod: Any) -> float | None:
+def best_ms(database: Any, mod: Any) -> float | None:
     """The best measured time of a workload in ``database`` (milliseconds), None without a record."""
     if not database.has_workload(mod):
         return None
@@ -467,7 +467,8 @@ def apply_database(mod: Any, target: Any, database: TuningDatabase, work: Path) 
 
 def tune(graph_module: Any, example_inputs: Sequence[Any], target: str = "x86", trials: int | None = None,
          minutes: float | None = None, db_path: str | Path | None = None,
-         trials_per_task: int | None = None, retune: bool = False) -> dict[str, Any]:
+         trials_per_task: int | None = None, retune: bool = False, winograd: bool = False,
+         prepack: bool | None = None) -> dict[str, Any]:
     """Tune a network's tasks into the persistent database without compiling an artifact.
 
     For benchmarks and warm-up runs: ``tune(gm, inputs, "x86", trials=2000)`` spends the budget on the hottest
@@ -476,10 +477,12 @@ def tune(graph_module: Any, example_inputs: Sequence[Any], target: str = "x86", 
     tuning summary (tasks total / from the database / tuned, trials, seconds, per-task times).
     """
     from nasforge.backends import targets, tvm_export, tvm_worker
+    from nasforge.backends.tvm_prepack import default_for as prepack_default
 
     profile = targets.resolve(target)
     check_tunable(profile)
     program = tvm_export.to_relax(tvm_export.export(graph_module, example_inputs), graph_module)
     request = {"mode": "tune", "target": profile.name, "db_root": str(db_path) if db_path else None,
-               "tune": {"trials": trials, "minutes": minutes, "trials_per_task": trials_per_task, "retune": retune}}
+               "tune": {"trials": trials, "minutes": minutes, "trials_per_task": trials_per_task, "retune": retune},
+               "winograd": winograd, "prepack": prepack_default(profile.kind) if prepack is None else prepack}
     return tvm_worker.run_worker(request, [program.module_json])["tuning"]

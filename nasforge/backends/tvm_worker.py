@@ -202,19 +202,26 @@ TRANSFORM_PARAMS = "main_transform_params"
 weights, reshaped biases, BatchNorm folded into a scale and shift), run once when the weights load."""
 
 
-def lower(mod: Any, target: Any) -> Any:
+def lower(mod: Any, target: Any, request: dict[str, Any]) -> Any:
     """Legalize and fuse the Relax module for ``target`` (the form tuning tasks and the database refer to),
-    with the weight-only computations lifted out of ``main`` into :data:`TRANSFORM_PARAMS`."""
+    with the weight-only computations lifted out of ``main`` into :data:`TRANSFORM_PARAMS`. The request's
+    ``winograd`` computes the eligible 3x3 convolutions with Winograd's algorithm
+    (:mod:`nasforge.backends.tvm_winograd`); its ``prepack`` leaves the weights' layout to tuning
+    (:mod:`nasforge.backends.tvm_prepack`)."""
     import tvm
     from tvm import relax
 
     from nasforge.backends.tvm_fastmath import fast_gelu_pass
+    from nasforge.backends.tvm_prepack import mark_layout_free
+    from nasforge.backends.tvm_winograd import winograd_pass
 
     with target:
-        return tvm.transform.Sequential([fast_gelu_pass(), relax.transform.DecomposeOpsForInference(),
+        return tvm.transform.Sequential([fast_gelu_pass(), *([winograd_pass()] if request.get("winograd") else []),
+                                         relax.transform.DecomposeOpsForInference(),
                                          relax.transform.CanonicalizeBindings(),
                                          relax.transform.LiftTransformParams(),
-                                         relax.get_pipeline("zero")])(mod)
+                                         relax.get_pipeline("zero"),
+                                         *([mark_layout_free()] if request.get("prepack") else [])])(mod)
 
 
 def _modules(module: Any) -> list[Any]:
@@ -237,7 +244,7 @@ def _probe(request: dict[str, Any], modules: list[Any], stage: _Stage) -> dict[s
         for arch in profile.variants():
             target = profile.tvm_target(arch)
             try:
-                tvm.compile(lower(mod, target), target=target)
+                tvm.compile(lower(mod, target, request), target=target)
             except Exception as err:  # TVM's own error types: this node is the one
                 return {"failed": index, "error": _summary(f"{type(err).__name__}: {err}")}
     return {"failed": None}
@@ -247,7 +254,7 @@ def _compile(request: dict[str, Any], modules: list[Any], stage: _Stage) -> dict
     """Tune (if asked), apply the database and build one library per variant of the target profile."""
     import tvm
 
-    from nasforge.backends import targets, tvm_tuning
+    from nasforge.backends import targets, tvm_prepack, tvm_tuning, tvm_winograd
 
     (mod,) = modules
     profile = targets.resolve(request["target"])
@@ -258,7 +265,18 @@ def _compile(request: dict[str, Any], modules: list[Any], stage: _Stage) -> dict
         database = tvm_tuning.TuningDatabase(tvm_tuning.database_dir(profile, request.get("db_root"), arch))
         started = time.monotonic()
         stage("lower")
-        lowered = lower(mod, target)
+        prepack = request.get("prepack")
+        if prepack is None:
+            prepack, lowered, why = tvm_prepack.choose(lambda flag: lower(mod, target, {**request, "prepack": flag}),
+                                                       target, database, bool(request.get("tune")),
+                                                       Path(request["work"]) / f"choose-{arch or 'cpu'}")
+            if why not in result["notes"]:
+                result["notes"].append(why)
+        else:
+            lowered = lower(mod, target, request)
+        winograd = tvm_winograd.summary(lowered)
+        if winograd and winograd not in result["notes"]:
+            result["notes"].append(winograd)
         if request.get("tune"):
             stage("tune")
             work = Path(request["work"])
@@ -270,10 +288,15 @@ def _compile(request: dict[str, Any], modules: list[Any], stage: _Stage) -> dict
         stage("apply")
         lowered, applied = tvm_tuning.apply_database(lowered, target, database,
                                                      Path(request["work"]) / f"apply-{arch or 'cpu'}")
+        if prepack:
+            lowered, chain = tvm_prepack.lift_layouts(lowered, TRANSFORM_PARAMS)
+        else:
+            names = {gv.name_hint for gv in lowered.get_global_vars()}
+            chain = [TRANSFORM_PARAMS] if TRANSFORM_PARAMS in names else []
         stage("build")
         executable = tvm.compile(lowered, target=target)
         _write_library(executable, profile, arch, target, Path(request["out"]), stage, result)
-        result["files"]["transform_params"] = any(gv.name_hint == TRANSFORM_PARAMS for gv in lowered.get_global_vars())
+        result["files"]["transform_params"] = chain
         result["targets"][arch or ""] = profile.target_dict(arch)
         result["database"][arch or ""] = {"path": str(database.directory), **applied}
         result["compile_s"] += time.monotonic() - started - result["tuning"].get("tuning_s", 0.0)
