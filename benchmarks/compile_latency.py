@@ -237,6 +237,8 @@ def bench_network(name: str, batch: int, backends: Sequence[str], args: argparse
         row.update(wall_s=round(time.perf_counter() - started, 2), compile_s=round(module.info.compile_s, 2),
                    tuning_s=round(module.info.tuning_s, 2), max_abs_err=max_abs_error(outputs, net["reference"]),
                    agrees=agrees(outputs, net["reference"]), database=database_use(module))
+        if module.info.notes:
+            row["notes"] = list(module.info.notes)  # for TVM: the prepack choice and the database's coverage
         if module.info.tuning.get("trials"):
             row["tuning"] = {k: module.info.tuning.get(k) for k in
                              ("trials", "tasks_total", "tasks_from_database", "tasks_tuned", "tasks_left_untuned")}
