@@ -87,13 +87,16 @@ def choose(lower: Callable[[bool], Any], target: Any, database: Any, tuning: boo
            ) -> tuple[bool, Any, str]:
     """Prepack or not, when the user did not say: the form whose tasks the tuning database knows more of; if
     it knows as many of each, the one whose known tasks add up to less time (best measured time x calls);
-    if it knows none, prepacked when tuning now and plain otherwise (untuned, both forms are the same code).
+    if it knows none (or there is no database), prepacked when tuning now and plain otherwise (untuned, both
+    forms are the same code).
     Returns the choice, the module lowered that way and the reason in words.
 
     ``lower(prepack)`` lowers the network one way or the other.
     """
     from nasforge.backends.tvm_tuning import best_ms, extract_tasks
 
+    if not database.exists() and not tuning:  # nothing to ask: skip lowering the network twice
+        return False, lower(False), "prepack off: no tuning database for this target yet"
     forms = {flag: lower(flag) for flag in (False, True)}
     tasks = {flag: extract_tasks(mod, target) for flag, mod in forms.items()}
     known = {flag: [0, 0.0] for flag in forms}  # tasks with a record, their milliseconds per network call
