@@ -18,7 +18,7 @@ from typing import Any
 def fast_gelu_pass() -> Any:
     """A module pass replacing every float32 ``relax.nn.gelu`` with ``x * (0.5 + 0.5 * fast_erf(x / sqrt 2))``."""
     import tvm
-    from tvm import relax, tirx, topi
+    from tvm import tirx, topi
     from tvm.relax import PyExprMutator, expr_functor
 
     def te_fast_gelu(x: Any) -> Any:
@@ -36,10 +36,17 @@ def fast_gelu_pass() -> Any:
 
     @tvm.transform.module_pass(opt_level=0, name="FastGelu")
     def fast_gelu(mod: Any, _ctx: Any) -> Any:
-        mutator = FastGelu(mod)
-        for gv, func in mod.functions_items():
-            if isinstance(func, relax.Function):
-                mutator.builder_.update_func(gv, mutator.visit_expr(func))
-        return mutator.builder_.get()
+        return rewrite_relax_functions(FastGelu(mod), mod)
 
     return fast_gelu
+
+
+def rewrite_relax_functions(mutator: Any, mod: Any) -> Any:
+    """``mod`` with every Relax function passed through ``mutator`` (a ``PyExprMutator`` built on ``mod``): the
+    body of the Relax rewrite passes here (this one and :mod:`nasforge.backends.tvm_winograd`)."""
+    from tvm import relax
+
+    for gv, func in mod.functions_items():
+        if isinstance(func, relax.Function):
+            mutator.builder_.update_func(gv, mutator.visit_expr(func))
+    return mutator.builder_.get()

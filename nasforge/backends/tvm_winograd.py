@@ -59,9 +59,11 @@ def winograd_pass() -> Any:
     """A module pass replacing each :func:`eligible` ``relax.nn.conv2d`` by a weight transform (to
     ``(m+2, m+2, in, out)``, lifted out with the other weight-only work) and TOPI's Winograd convolution."""
     import tvm
-    from tvm import relax, te, topi
+    from tvm import te, topi
     from tvm.relax import PyExprMutator, expr_functor
     from tvm.topi.nn.winograd_util import winograd_transform_matrices
+
+    from nasforge.backends.tvm_fastmath import rewrite_relax_functions
 
     def te_weight_pack(weight: Any) -> Any:
         out_ch, in_ch, kh, kw = (int(s) for s in weight.shape)
@@ -109,11 +111,8 @@ def winograd_pass() -> Any:
     @tvm.transform.module_pass(opt_level=0, name="Winograd")
     def winograd(mod: Any, _ctx: Any) -> Any:
         mutator = Winograd(mod)
-        for gv, func in mod.functions_items():
-            if isinstance(func, relax.Function):
-                mutator.builder_.update_func(gv, mutator.visit_expr(func))
-        return mutator.builder_.get().with_attr(ATTR, {"rewritten": mutator.rewritten,
-                                                       "convolutions": mutator.convolutions})
+        return rewrite_relax_functions(mutator, mod).with_attr(ATTR, {"rewritten": mutator.rewritten,
+                                                                      "convolutions": mutator.convolutions})
 
     return winograd
 
