@@ -74,12 +74,6 @@ def test_a_missing_cross_compiler_is_named_with_its_package(monkeypatch) -> None
 
 # -- builds -----------------------------------------------------------------------------------------------
 
-@pytest.fixture(autouse=True)
-def private_tuning_db(tmp_path, monkeypatch):
-    """Builds read no tuning records from the user's cache."""
-    monkeypatch.setenv("NASFORGE_TUNING_DB", str(tmp_path / "tuning-db"))
-
-
 @pytest.fixture(scope="module")
 def mlp():
     """A two-layer MLP, its example inputs and its eager output."""

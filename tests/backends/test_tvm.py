@@ -1,7 +1,7 @@
 """The TVM backend: agrees with eager, loads in a torch-free process, names what it cannot lower, and
 reports a TVM failure with the stage it happened in instead of dying with it.
 
-Every test points the tuning database at a temporary directory (``NASFORGE_TUNING_DB``), so no test reads or
+tests/conftest.py points every test at its own empty tuning database (``NASFORGE_TUNING_DB``): no test reads or
 writes the user's cache.
 """
 
@@ -37,11 +37,6 @@ graph:
   - {id: head, op: linear, out: 10}
 outputs: {logits: head}
 """
-
-
-@pytest.fixture(autouse=True)
-def private_tuning_db(tmp_path, monkeypatch):
-    monkeypatch.setenv("NASFORGE_TUNING_DB", str(tmp_path / "tuning-db"))
 
 
 def eager(gm, x) -> list[np.ndarray]:

@@ -30,11 +30,6 @@ outputs: {logits: head}
 is not."""
 
 
-@pytest.fixture(autouse=True)
-def private_tuning_db(tmp_path, monkeypatch):
-    monkeypatch.setenv("NASFORGE_TUNING_DB", str(tmp_path / "tuning-db"))
-
-
 def conv_attrs(**changes) -> SimpleNamespace:
     attrs = dict(data_layout="NCHW", kernel_layout="OIHW", out_layout="NCHW", strides=(1, 1), dilation=(1, 1),
                  groups=1, padding=(1, 1, 1, 1))
