@@ -164,7 +164,9 @@ def test_workers_ride_out_a_database_restart(tmp_path, postgres_url, postgres_se
     workers = [start_worker(postgres_url, "outage", f"w{i}", delay_s=0.3) for i in range(2)]
     study = load(postgres_url, "outage")
     try:
-        wait_until(lambda: completed(study) >= 3, 120, "three completed trials")
+        # both workers at work (a worker still starting up on a loaded machine would sleep through the outage)
+        wait_until(lambda: {t.user_attrs.get("worker") for t in study.get_trials(deepcopy=False, states=(COMPLETE,))}
+                   >= {"w0", "w1"}, 120, "a completed trial from each worker")
         postgres_server.down()  # every connection ends; new ones are refused
         time.sleep(3)
         assert all(p.poll() is None for p in workers), "a worker gave up while the database was away"
