@@ -196,16 +196,25 @@ def tvm_op_profile(module: Any, arrays: Sequence[np.ndarray], calls: int = 1) ->
 
 
 def measure(modules: dict[str, Any], net: dict[str, Any], warmup: int, repeats: int) -> dict[str, Any]:
-    """Latency of every module back to back, each timing loop capped at :data:`MAX_SECONDS`; a TVM module
-    without tuned schedules (seconds per call) gets no warm-up beyond its output check."""
-    timings: dict[str, Any] = {}
+    """Latency of every module, timed against each other in interleaved rounds
+    (:func:`nasforge.backends.base.measure_interleaved`: a slow spell of the shared machine falls on every
+    backend alike, so the ratios to eager hold); a TVM module without tuned schedules (seconds per call) is
+    timed alone afterwards, with no warm-up beyond its output check. Each is capped at :data:`MAX_SECONDS`."""
+    from nasforge.backends.base import measure_interleaved
+
+    arrays = net["arrays"]
+    distinct: dict[str, Any] = {}
     for backend, module in modules.items():
-        same = next((b for b, m in modules.items() if m is module and b in timings), None)
-        if same is not None:  # one module under two names is timed once
-            timings[backend] = timings[same]
-            continue
-        untuned = (database_use(module) or {}).get("tasks_from_database", 1) == 0
-        timings[backend] = module.latency(0 if untuned else warmup, repeats, MAX_SECONDS, inputs=net["arrays"])
+        if all(module is not other for other in distinct.values()):
+            distinct[backend] = module
+    slow = {b for b, m in distinct.items() if (database_use(m) or {}).get("tasks_from_database", 1) == 0}
+    fast = {b: (lambda m=m: m.run_numpy(*arrays)) for b, m in distinct.items() if b not in slow}
+    timings: dict[str, Any] = measure_interleaved(fast, warmup, repeats, MAX_SECONDS * len(fast)) if fast else {}
+    for backend in slow:
+        timings[backend] = distinct[backend].latency(0, repeats, MAX_SECONDS, inputs=arrays)
+    for backend, module in modules.items():  # one module under two names is timed once
+        if backend not in timings:
+            timings[backend] = next(timings[b] for b, m in distinct.items() if m is module)
     return timings
 
 

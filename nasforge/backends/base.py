@@ -16,7 +16,7 @@ import time
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -67,11 +67,48 @@ def measure_latency(call: Callable[[], Any], warmup: int = 10, repeats: int = 50
     times: list[float] = []
     started = time.perf_counter()
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        call()
-        times.append((time.perf_counter() - t0) * 1e3)
+        times.append(_timed_ms(call))
         if max_seconds is not None and len(times) >= 3 and time.perf_counter() - started > max_seconds:
             break
+    return summarize(times, warmup)
+
+
+def measure_interleaved(calls: Mapping[str, Callable[[], Any]], warmup: int = 10, repeats: int = 50,
+                        max_seconds: float | None = None) -> dict[str, Latency]:
+    """Time several calls against each other in rounds: each round runs every call twice, the first untimed
+    (its thread pool wakes and its working set returns to the caches after the others ran) and the second
+    timed, in an order that rotates from round to round; ``max_seconds`` caps the whole (at least 3 rounds).
+
+    Why rounds and not one loop per call: on a shared machine a slow spell lasts seconds, and timed one after
+    another the call that happened to run during it looks slower by 10-15%; in rounds the spell falls on all of
+    them alike, so their ratios, which is what a side-by-side comparison reports, hold.
+    """
+    if repeats < 1 or warmup < 0:
+        raise ValueError("repeats must be >= 1 and warmup >= 0")
+    names = list(calls)
+    for name in names:
+        for _ in range(warmup):
+            calls[name]()
+    times: dict[str, list[float]] = {name: [] for name in names}
+    started = time.perf_counter()
+    for round_ in range(repeats):
+        shift = round_ % len(names)
+        for name in names[shift:] + names[:shift]:
+            calls[name]()
+            times[name].append(_timed_ms(calls[name]))
+        if max_seconds is not None and round_ >= 2 and time.perf_counter() - started > max_seconds:
+            break
+    return {name: summarize(times[name], warmup) for name in names}
+
+
+def _timed_ms(call: Callable[[], Any]) -> float:
+    t0 = time.perf_counter()
+    call()
+    return (time.perf_counter() - t0) * 1e3
+
+
+def summarize(times: Sequence[float], warmup: int) -> Latency:
+    """The median and spread of timed calls (milliseconds)."""
     ordered = sorted(times)
 
     def pct(q: float) -> float:
