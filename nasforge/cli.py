@@ -659,7 +659,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--option", action="append", metavar="KEY=VALUE",
                    help="a backend option (YAML value), e.g. --option mode=max-autotune (inductor), "
                         "--option opset=17 (onnxruntime), --option prepack=false (tvm: keep weights in their own "
-                        "layout; by default the tuning database decides), --option winograd=true (tvm: Winograd "
+                        "layout; by default the tuning database decides, kernel by kernel), --option winograd=true (tvm: Winograd "
                         "3x3 convolutions); repeatable")
     p.add_argument("--no-optimize", action="store_true", help="skip the graph passes")
     p.add_argument("--repeats", type=int, default=50, metavar="N", help="timed runs for the latency (default 50)")

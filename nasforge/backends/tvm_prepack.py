@@ -23,6 +23,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
+LAYOUT_FREE = "layout_free_buffers"
+"""The PrimFunc attribute :func:`mark_layout_free` sets: which arguments tuning may lay out as it likes."""
+
 PREPACK_PARAMS = "main_prepack_params"
 """The lifted layout changes: the second function of the chain, fed the first one's outputs."""
 
@@ -59,17 +62,20 @@ def lift_layouts(mod: Any, first: str) -> tuple[Any, list[str]]:
     """Split the layout changes out of the tuned kernels of ``mod`` and lift them into :data:`PREPACK_PARAMS`.
 
     ``first`` is the name of the weight-transform function already in ``mod`` (if any). Returns the module
-    and the chain of transform functions to run at load, in order.
+    and the chain of transform functions to run at load, in order; where no kernel's schedule changed a
+    layout (untuned, or every kernel plain) the module is returned as it is, with no second function.
     """
     import tvm
     from tvm import relax
 
     names = {gv.name_hint for gv in mod.get_global_vars()}
+    split = relax.transform.SplitLayoutRewritePreproc()(mod)
+    if len(split.get_global_vars()) == len(names):  # each rewriting kernel splits in two: none did
+        return mod, [first] if first in names else []
     stash = f"{first}_stage1"
     if first in names:
-        mod = _rename(mod, first, stash)
-    mod = tvm.transform.Sequential([relax.transform.SplitLayoutRewritePreproc(), relax.transform.LiftTransformParams(),
-                                    relax.transform.FoldConstant()])(mod)
+        split = _rename(split, first, stash)
+    mod = tvm.transform.Sequential([relax.transform.LiftTransformParams(), relax.transform.FoldConstant()])(split)
     lifted = {gv.name_hint for gv in mod.get_global_vars()}
     chain = []
     if first in names:
@@ -84,19 +90,19 @@ def lift_layouts(mod: Any, first: str) -> tuple[Any, list[str]]:
 
 
 def choose(lower: Callable[[bool], Any], target: Any, database: Any, tuning: bool, work: Path
-           ) -> tuple[bool, Any, str]:
-    """Prepack or not, when the user did not say: the form whose tasks the tuning database knows more of; if
-    it knows as many of each, the one whose known tasks add up to less time (best measured time x calls);
-    if it knows none (or there is no database), prepacked when tuning now and plain otherwise (untuned, both
-    forms are the same code).
-    Returns the choice, the module lowered that way and the reason in words.
+           ) -> tuple[bool, dict[bool, Any], str]:
+    """The form a network is tuned in, when the user did not say: the form whose tasks the tuning database
+    knows more of; if it knows as many of each, the one whose known tasks add up to less time (best measured
+    time x calls); if it knows none (or there is no database), prepacked when tuning now and plain otherwise
+    (untuned, both forms are the same code). :func:`per_kernel` then settles each kernel on its own.
 
-    ``lower(prepack)`` lowers the network one way or the other.
+    ``lower(prepack)`` lowers the network one way or the other. Returns the choice, the network lowered each
+    way (plain only where there is nothing to ask) and the reason in words.
     """
     from nasforge.backends.tvm_tuning import best_ms, extract_tasks
 
     if not database.exists() and not tuning:  # nothing to ask: skip lowering the network twice
-        return False, lower(False), "prepack off: no tuning database for this target yet"
+        return False, {False: lower(False)}, "prepack off: no tuning database for this target yet"
     forms = {flag: lower(flag) for flag in (False, True)}
     tasks = {flag: extract_tasks(mod, target) for flag, mod in forms.items()}
     known = {flag: [0, 0.0] for flag in forms}  # tasks with a record, their milliseconds per network call
@@ -117,4 +123,41 @@ def choose(lower: Callable[[bool], Any], target: Any, database: Any, tuning: boo
     why = (f"prepack {'on' if prepack else 'off'}: the tuning database knows {known[True][0]} of {len(tasks[True])} "
            f"tasks prepacked ({known[True][1]:.1f} ms) and {known[False][0]} of {len(tasks[False])} plain "
            f"({known[False][1]:.1f} ms)")
-    return prepack, forms[prepack], why
+    return prepack, forms, why
+
+
+def per_kernel(marked: Any, database: Any, prepack: bool) -> tuple[Any, str | None]:
+    """Each kernel's weights prepacked or not, kernel by kernel: ``marked`` (lowered with the marks) keeps a
+    kernel's marks where ``database`` (a snapshot) measured its prepacked schedule faster than its plain one,
+    or knows only the prepacked one; the other kernels lose them. A kernel known neither way follows
+    ``prepack``, the network's form (:func:`choose`).
+
+    Why: neither form wins everywhere. After the same tuning, ResNet-50's 1x1 convolutions and its 7x7 stage
+    ran faster prepacked, while several of its 3x3 convolutions kept faster plain schedules (0.81 ms plain vs
+    1.39 prepacked for one); the two forms are separate tasks of one database, so each kernel can take the
+    faster.
+    Returns the module (for :func:`lift_layouts`) and a note (None when the database knows no kernel).
+    """
+    import tvm
+    from tvm import tirx
+
+    from nasforge.backends.tvm_tuning import best_ms
+
+    workload = tvm.get_global_func("tvm.s_tir.meta_schedule.normalize_mod")  # the key tasks are stored under
+    mod, counts = marked.clone(), {True: 0, False: 0}
+    for gv, func in marked.functions_items():
+        if not isinstance(func, tirx.PrimFunc) or func.attrs is None or LAYOUT_FREE not in func.attrs:
+            continue
+        plain = func.without_attr(LAYOUT_FREE)
+        packed_ms, plain_ms = (best_ms(database, workload(f)) for f in (func, plain))
+        if packed_ms is None and plain_ms is None:
+            keep = prepack
+        else:
+            keep = plain_ms is None or (packed_ms is not None and packed_ms <= plain_ms)
+            counts[keep] += 1
+        if not keep:
+            mod.update_func(gv, plain)
+    kernels = counts[True] + counts[False]
+    note = (f"kernel by kernel: {counts[True]} of {kernels} tuned kernels read prepacked weights and "
+            f"{counts[False]} plain, each the form the tuning database measured faster") if kernels else None
+    return mod, note

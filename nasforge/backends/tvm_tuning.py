@@ -445,8 +445,9 @@ def _trial_counter_class() -> type:
     return TrialCounter
 
 
-def apply_database(mod: Any, target: Any, database: TuningDatabase, work: Path) -> tuple[Any, dict[str, int]]:
-    """Give every task of ``mod`` that the database knows its best measured schedule.
+def apply_database(mod: Any, target: Any, known: Any | None) -> tuple[Any, dict[str, int]]:
+    """Give every task of ``mod`` that the database knows its best measured schedule (``known``: a snapshot
+    of the database, :meth:`TuningDatabase.snapshot`; None where there is no database yet).
 
     Runs on every compile for a target that has a database, tuned in this run or not: that is how one
     tuning serves every later network with the same workloads.
@@ -454,9 +455,8 @@ def apply_database(mod: Any, target: Any, database: TuningDatabase, work: Path) 
     from tvm import relax
 
     tasks = extract_tasks(mod, target)
-    if not database.exists():
+    if known is None:
         return mod, {"tasks_total": len(tasks), "tasks_from_database": 0}
-    known = database.snapshot(work / "apply")
     reused = sum(has_record(known, t.dispatched[0]) for t in tasks)
     with target, known:
         mod = relax.transform.MetaScheduleApplyDatabase()(mod)

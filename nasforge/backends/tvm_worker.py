@@ -265,18 +265,16 @@ def _compile(request: dict[str, Any], modules: list[Any], stage: _Stage) -> dict
         database = tvm_tuning.TuningDatabase(tvm_tuning.database_dir(profile, request.get("db_root"), arch))
         started = time.monotonic()
         stage("lower")
-        prepack = request.get("prepack")
-        if prepack is None:
-            prepack, lowered, why = tvm_prepack.choose(lambda flag: lower(mod, target, {**request, "prepack": flag}),
-                                                       target, database, bool(request.get("tune")),
-                                                       Path(request["work"]) / f"choose-{arch or 'cpu'}")
-            if why not in result["notes"]:
-                result["notes"].append(why)
+        prepack, forms = request.get("prepack"), {}
+        if prepack is None:  # the database decides: the form to tune in now, each kernel's form below
+            prepack, forms, why = tvm_prepack.choose(lambda flag: lower(mod, target, {**request, "prepack": flag}),
+                                                     target, database, bool(request.get("tune")),
+                                                     Path(request["work"]) / f"choose-{arch or 'cpu'}")
+            lowered = forms[prepack]
+            _note(result, why)
         else:
             lowered = lower(mod, target, request)
-        winograd = tvm_winograd.summary(lowered)
-        if winograd and winograd not in result["notes"]:
-            result["notes"].append(winograd)
+        _note(result, tvm_winograd.summary(lowered))
         if request.get("tune"):
             stage("tune")
             work = Path(request["work"])
@@ -286,13 +284,13 @@ def _compile(request: dict[str, Any], modules: list[Any], stage: _Stage) -> dict
         if request["mode"] == "tune":
             return result
         stage("apply")
-        lowered, applied = tvm_tuning.apply_database(lowered, target, database,
-                                                     Path(request["work"]) / f"apply-{arch or 'cpu'}")
-        if prepack:
-            lowered, chain = tvm_prepack.lift_layouts(lowered, TRANSFORM_PARAMS)
-        else:
-            names = {gv.name_hint for gv in lowered.get_global_vars()}
-            chain = [TRANSFORM_PARAMS] if TRANSFORM_PARAMS in names else []
+        known = database.snapshot(Path(request["work"]) / f"apply-{arch or 'cpu'}") if database.exists() else None
+        if True in forms and known is not None:
+            lowered, mixed = tvm_prepack.per_kernel(forms[True], known, prepack)
+            _note(result, mixed)
+        lowered, applied = tvm_tuning.apply_database(lowered, target, known)
+        # the weight transforms to run at load, with the layout changes of prepacked kernels (if any) lifted
+        lowered, chain = tvm_prepack.lift_layouts(lowered, TRANSFORM_PARAMS)
         stage("build")
         executable = tvm.compile(lowered, target=target)
         _write_library(executable, profile, arch, target, Path(request["out"]), stage, result)
@@ -301,6 +299,12 @@ def _compile(request: dict[str, Any], modules: list[Any], stage: _Stage) -> dict
         result["database"][arch or ""] = {"path": str(database.directory), **applied}
         result["compile_s"] += time.monotonic() - started - result["tuning"].get("tuning_s", 0.0)
     return result
+
+
+def _note(result: dict[str, Any], note: str | None) -> None:
+    """Add a note to the compile's report once (the variants of a target profile repeat them)."""
+    if note and note not in result["notes"]:
+        result["notes"].append(note)
 
 
 def _write_library(executable: Any, profile: Any, arch: str | None, target: Any, out: Path, stage: _Stage,
