@@ -97,6 +97,7 @@ class OnnxRuntimeBackend(Backend):
     def compile(self, graph_module: Any, example_inputs: Sequence[Any], target: str,
                 options: dict[str, Any] | None = None) -> CompiledModule:
         from nasforge.backends.torchio import describe_io, lowering_error
+        from nasforge.ops.fft import direct_note
 
         require_available(self, target)
         own = {k: v for k, v in (options or {}).items() if k in self.option_names and v is not None}
@@ -120,6 +121,7 @@ class OnnxRuntimeBackend(Backend):
         compiled.info.compile_s = time.perf_counter() - started
         compiled.info.notes.append(f"ONNX opset {own.get('opset', DEFAULT_OPSET)}, TorchScript exporter; "
                                    f"{len(model) / 1e6:.2f} MB model; {compiled.session.get_providers()[0]}")
+        compiled.info.notes.extend(filter(None, [direct_note(gm, "the ONNX exporter")]))
         return compiled
 
 
@@ -128,8 +130,12 @@ def export_onnx(gm: Any, examples: tuple[Any, ...], inputs: Sequence[TensorSpec]
     """The serialized ONNX model of ``gm`` at the examples' shapes (TorchScript exporter)."""
     import torch
 
+    from nasforge.ops.fft import computed_directly
+
     buffer = io.BytesIO()
-    with warnings.catch_warnings(), _stdout_silenced():
+    # computed_directly: the TorchScript exporter exports no aten::fft_rfft at opset 18 (and ORT has no float64
+    # Conv, so float64 ones stay FFTs and are refused by name)
+    with warnings.catch_warnings(), _stdout_silenced(), computed_directly((torch.float32,)):
         # Choosing the TorchScript exporter on purpose (it is faster here): its deprecation notices are noise.
         warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export")
         warnings.filterwarnings("ignore", message="The feature will be removed")

@@ -168,6 +168,7 @@ class TVMBackend(Backend):
                 options: dict[str, Any] | None = None) -> CompiledModule:
         from nasforge.backends import tvm_export, tvm_tuning, tvm_worker
         from nasforge.backends.torchio import describe_io
+        from nasforge.ops.fft import direct_note
 
         require_available(self, target)
         own = self.check_options(options)
@@ -211,6 +212,7 @@ class TVMBackend(Backend):
         info = CompileInfo(compile_s=export_s + result["compile_s"],
                            tuning_s=float(result["tuning"].get("tuning_s", 0.0)),
                            tuning=summary, notes=result["notes"] + self._notes(profile, result))
+        info.notes.extend(filter(None, [direct_note(gm, "TVM 0.27")]))
         ignored = sorted(k for k, v in (options or {}).items() if k not in self.option_names and v is not None)
         if ignored:
             info.notes.append(f"tvm ignores options it has no use for: {', '.join(ignored)}")

@@ -6,6 +6,11 @@ the whole sequence; a direct convolution would cost ``O(L^2)`` per channel, the 
 multiplies their real FFTs and keeps the first ``L`` outputs of the inverse transform: output ``t`` sees
 inputs ``0..t`` only (causal), exactly as S4D's ``S4D.forward`` and safari's ``fftconv_ref`` compute it.
 
+Backends whose importers have no FFT (TVM 0.27 converts no ``aten._fft_*`` and has no complex tensors; the
+TorchScript ONNX exporter exports no ``fft_rfft`` at opset 18) export the same convolution computed directly
+(:func:`computed_directly`): a depthwise ``conv1d`` with the flipped kernel, ``O(L * Lk)`` per channel instead of
+``O(L log L)``. Correct at every length, slower at long ones; the backend's compile notes say so.
+
 Complex numbers stay inside the op: inputs and outputs are real, so the IR needs no complex dtype (there
 are no standalone ``rfft``/``irfft`` ops for that reason).
 
@@ -19,8 +24,12 @@ for the skip term.
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Iterator
 
 import torch
+import torch.nn.functional as F
 
 from nasforge.ops.registry import Attr, Example, OpContext, OpDef, nn, register
 from nasforge.types import TensorType
@@ -28,8 +37,11 @@ from nasforge.types import TensorType
 FFT_DTYPES = ("float32", "float64")
 """Dtypes the CPU FFT (pocketfft) supports for every length; half precision is power-of-two-only on CUDA."""
 
-TVM_NO_FFT = ("TVM's from_exported_program has no converter for aten._fft_r2c / aten._fft_c2r and no complex "
-              "tensors, so a graph with this op fails to import; lower it with another backend (Inductor, ORT)")
+LONG_CONV = "long_conv"
+"""The attribute that marks a module computing a long convolution (True): what :func:`direct_note` counts."""
+
+_DIRECT: ContextVar[tuple[torch.dtype, ...]] = ContextVar("nasforge_direct_long_conv", default=())
+"""The dtypes whose long convolutions are computed directly in this context (:func:`computed_directly`)."""
 
 
 def causal_fft_conv(u: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
@@ -42,6 +54,55 @@ def causal_fft_conv(u: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     k_f = torch.fft.rfft(k, n=n)
     u_f = torch.fft.rfft(u, n=n)
     return torch.fft.irfft(u_f * k_f, n=n)[..., :length]
+
+
+def causal_direct_conv(u: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """:func:`causal_fft_conv` computed directly, for exporters without an FFT: ``u`` left-padded by ``Lk - 1``
+    and convolved depthwise with the flipped kernel (``conv1d`` cross-correlates), so output ``t`` is
+    ``sum_s k[c, s] u[c, t - s]`` over ``s <= min(t, Lk - 1)``. The kernel takes the signal's dtype, as the
+    FFT's type promotion gives it."""
+    channels, length = u.shape[-2:]
+    rows = u.reshape(-1, channels, length)
+    weight = k.to(u.dtype).flip(-1).unsqueeze(1)
+    return F.conv1d(F.pad(rows, (k.shape[-1] - 1, 0)), weight, groups=channels).reshape(u.shape)
+
+
+def causal_conv(u: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """The causal long convolution: by FFT, or directly inside :func:`computed_directly` for its dtypes."""
+    return causal_direct_conv(u, k) if u.dtype in _DIRECT.get() else causal_fft_conv(u, k)
+
+
+torch.fx.wrap("causal_conv")  # traced as one call (constant folding traces op modules): decided when it runs
+
+
+@contextmanager
+def computed_directly(dtypes: tuple[torch.dtype, ...] = (torch.float32, torch.float64)) -> Iterator[None]:
+    """Within the block the long convolutions (``fft_conv``, ``s4d`` in conv mode) of the given dtypes are
+    computed directly (:func:`causal_direct_conv`), in this thread only; the others stay FFTs.
+
+    For exports to backends without an FFT: the export traces a convolution its importer converts, and the
+    module the user holds keeps computing by FFT everywhere else. ``dtypes`` leaves out what the backend
+    cannot run directly either (ONNX Runtime has no float64 ``Conv``: there the exporter's refusal of the FFT
+    names the op).
+    """
+    token = _DIRECT.set(tuple(dtypes))
+    try:
+        yield
+    finally:
+        _DIRECT.reset(token)
+
+
+def direct_note(module: nn.Module, backend: str) -> str | None:
+    """The compile note of a backend that exports ``module`` under :func:`computed_directly` (None when
+    ``module`` has no long convolution)."""
+    count = 0
+    for m in module.modules():
+        if getattr(m, LONG_CONV, False) is True:
+            count += 1
+        elif isinstance(m, torch.fx.GraphModule):  # an op module constant folding traced: its calls count
+            count += sum(n.op == "call_function" and n.target is causal_conv for n in m.graph.nodes)
+    return (f"{count} long convolution{'s' if count != 1 else ''} (fft_conv, s4d) computed directly, O(L x kernel "
+            f"length) per channel instead of by FFT: {backend} has no FFT") if count else None
 
 
 def fft_flops(rows: int, length: int) -> int:
@@ -58,9 +119,10 @@ class FFTConv(nn.Module):
     def __init__(self, channels: int, skip: bool = False) -> None:
         super().__init__()
         self.D = nn.Parameter(torch.randn(channels)) if skip else None
+        self.long_conv = True
 
     def forward(self, u: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-        y = causal_fft_conv(u, k)
+        y = causal_conv(u, k)
         if self.D is not None:
             y = y + u * self.D.unsqueeze(-1)
         return y
@@ -84,7 +146,6 @@ class FFTConvOp(OpDef):
     category = "sequence"
     arity = (2, 2)
     attrs = (Attr("skip", "bool", False, "add u * D with a learned per-channel D"),)
-    backend_limits = {"tvm": TVM_NO_FFT}
     examples = (
         Example({}, [(2, 3, 8), (3, 8)]),
         Example({"skip": True}, [(2, 4, 7), (4, 5)]),
@@ -139,4 +200,5 @@ def require_fft_dtype(ctx: OpContext, t: TensorType, what: str) -> None:
                        found=f"{t} ({t.dtype})")
 
 
-__all__ = ["causal_fft_conv", "fft_flops", "FFTConv", "FFTConvOp", "FFT_DTYPES", "TVM_NO_FFT", "require_fft_dtype"]
+__all__ = ["causal_conv", "causal_direct_conv", "causal_fft_conv", "computed_directly", "direct_note", "fft_flops",
+           "FFTConv", "FFTConvOp", "FFT_DTYPES", "LONG_CONV", "require_fft_dtype"]

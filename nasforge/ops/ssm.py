@@ -4,7 +4,8 @@
   ``models/s4/s4d.py``: per channel ``h`` a diagonal complex SSM with ``N/2`` modes (conjugate pairs, hence
   the factor 2 and the real part), ZOH-discretized with a learned step ``dt = exp(log_dt)``. Two equivalent
   forms: ``conv`` builds the kernel ``K[h, l] = 2 Re(sum_n C'[h,n] exp(dt A[h,n] l))`` with
-  ``C' = C (exp(dt A) - 1) / A`` and applies it with :func:`~nasforge.ops.fft.causal_fft_conv`;
+  ``C' = C (exp(dt A) - 1) / A`` and applies it with :func:`~nasforge.ops.fft.causal_conv` (by FFT; directly
+  in an export for a backend without an FFT);
   ``recurrent`` runs ``x_l = exp(dt A) x_{l-1} + u_l``, ``y_l = 2 Re(C' x_l)`` step by step. Both add ``D u``.
 * ``selective_scan`` is Mamba's S6 (Gu & Dao, 2023) as ``mamba_ssm.ops.selective_scan_interface.
   selective_scan_ref``: input-dependent ``delta``, ``B``, ``C``; ``h_t = exp(delta_t A) h_{t-1} + delta_t B_t
@@ -34,9 +35,11 @@ import torch
 import torch.nn.functional as F
 
 from nasforge.errors import SpecError
-from nasforge.ops.fft import TVM_NO_FFT, causal_fft_conv, fft_flops, require_fft_dtype
+from nasforge.ops.fft import causal_conv, fft_flops, require_fft_dtype
 from nasforge.ops.registry import Attr, Example, OpContext, OpDef, nn, register, require_positive
 from nasforge.types import FLOAT_DTYPES, TensorType
+
+torch.fx.wrap("causal_conv")  # as in nasforge.ops.fft: one call in a traced graph, decided when it runs
 
 
 def _static(ctx: OpContext, t: TensorType, axes: tuple[int, ...], what: str, layout: str) -> None:
@@ -111,12 +114,13 @@ class S4D(nn.Module):
                  dt_max: float = 0.1, init: str = "lin") -> None:
         super().__init__()
         self.mode = mode
+        self.long_conv = mode == "conv"  # the recurrent mode has no long convolution
         self.D = nn.Parameter(torch.randn(channels))
         self.kernel = S4DKernel(channels, d_state, dt_min, dt_max, init)
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
         if self.mode == "conv":
-            y = causal_fft_conv(u, self.kernel(u.shape[-1]))
+            y = causal_conv(u, self.kernel(u.shape[-1]))
         else:
             y = self.recurrence(u)
         return y + u * self.D.unsqueeze(-1)
@@ -163,7 +167,6 @@ class S4DOp(OpDef):
              choices=S4D_INITS),
     )
     flop_counted = True
-    backend_limits = {"tvm": "mode conv: " + TVM_NO_FFT + "; mode recurrent has no FFT"}
     examples = (
         Example({"d_state": 4}, [(2, 3, 8)]),
         Example({"d_state": 6, "mode": "recurrent"}, [(2, 3, 5)]),

@@ -42,7 +42,24 @@ inputs: {u: [B, 4, 16], k: [4, 16]}
 graph:
   - {id: mix, op: fft_conv, in: [u, k]}
 """
-"""fft_conv: complex FFTs that the TorchScript ONNX exporter cannot export (a lowering failure to report)."""
+"""fft_conv: complex FFTs, which TVM and the ONNX exporter import as a direct convolution."""
+
+RMS_NORM = """
+name: tiny_rms_norm
+inputs: {x: [B, 3, 8]}
+graph:
+  - {id: norm, op: rms_norm}
+"""
+"""rms_norm: aten::rms_norm, which the TorchScript ONNX exporter cannot export at opset 18 (a lowering failure
+to report)."""
+
+RANDOM_MASKING = """
+name: tiny_random_masking
+inputs: {x: [B, 7, 5]}
+graph:
+  - {id: mask, op: random_masking, ratio: 0.5, eval_order: random}
+"""
+"""random_masking drawing its noise in eval mode: aten.rand, which TVM's importer does not convert."""
 
 
 def spec_and_module(text: str, seed: int = 0) -> tuple[nasforge.Spec, torch.fx.GraphModule]:

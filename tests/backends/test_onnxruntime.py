@@ -8,7 +8,7 @@ import pytest
 from nasforge import backends
 from nasforge.backends.base import host_cores
 from nasforge.errors import SpecError
-from tests.backends.nets import CONV_BN, FFT, MLP, TORCH_BLOCKED, inputs_for, run_python, spec_and_module
+from tests.backends.nets import CONV_BN, FFT, MLP, RMS_NORM, TORCH_BLOCKED, inputs_for, run_python, spec_and_module
 
 pytest.importorskip("onnxruntime")
 
@@ -36,13 +36,21 @@ def test_opset_and_threads_are_options() -> None:
 
 
 def test_an_op_the_exporter_cannot_lower_is_named_with_its_node_path(capfd) -> None:
-    spec, gm = spec_and_module(FFT)
+    spec, gm = spec_and_module(RMS_NORM)
     with pytest.raises(SpecError) as err:
         backends.compile(gm, inputs_for(spec), "onnxruntime", "x86")
-    assert err.value.message == "the onnxruntime backend cannot lower op 'fft_conv'"
-    assert err.value.node_path == "mix"
-    assert "fft_rfft" in (err.value.found or "")
+    assert err.value.message == "the onnxruntime backend cannot lower op 'rms_norm'"
+    assert err.value.node_path == "norm"
+    assert "rms_norm" in (err.value.found or "")
     assert "Torch IR graph" not in capfd.readouterr().out  # torch's graph dump does not reach stdout
+
+
+def test_long_convolutions_export_directly_and_say_so() -> None:
+    spec, gm = spec_and_module(FFT)
+    x = inputs_for(spec)
+    compiled = backends.compile(gm, x, "onnxruntime", "x86")
+    np.testing.assert_allclose(compiled.run_numpy(*[t.numpy() for t in x])[0], gm(*x).detach().numpy(), atol=1e-5)
+    assert any(n.startswith("1 long convolution (fft_conv, s4d) computed directly") for n in compiled.info.notes)
 
 
 def test_artifact_loads_and_runs_without_torch(tmp_path) -> None:

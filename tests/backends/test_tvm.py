@@ -16,7 +16,7 @@ import nasforge
 from nasforge.backends import tvm_worker, write_artifact
 from nasforge.backends.tvm import TVMBackend
 from nasforge.errors import SpecError
-from tests.backends.nets import FFT, MLP, TORCH_BLOCKED, inputs_for, run_python, spec_and_module
+from tests.backends.nets import FFT, MLP, RANDOM_MASKING, TORCH_BLOCKED, inputs_for, run_python, spec_and_module
 
 pytest.importorskip("tvm")
 
@@ -102,12 +102,20 @@ def test_the_backend_module_imports_without_torch() -> None:
 
 
 def test_an_op_tvm_cannot_import_is_named_with_its_node_path() -> None:
-    spec, gm = spec_and_module(FFT)
+    spec, gm = spec_and_module(RANDOM_MASKING)
     with pytest.raises(SpecError) as err:
         TVMBackend().compile(gm, inputs_for(spec), "x86")
-    assert err.value.node_path == "mix"
-    assert "op 'fft_conv'" in err.value.message and "_fft_r2c" in (err.value.found or "")
-    assert "FFT" in (err.value.hint or "") or "fft" in (err.value.hint or "")  # the op entry's backend_limits
+    assert err.value.node_path == "mask"
+    assert "op 'random_masking'" in err.value.message and "rand" in (err.value.found or "")
+    assert "eval_order" in (err.value.hint or "")  # the op entry's backend_limits
+
+
+def test_long_convolutions_import_as_direct_convolutions_and_say_so() -> None:
+    spec, gm = spec_and_module(FFT)
+    x = inputs_for(spec)
+    compiled = TVMBackend().compile(gm, x, "x86")
+    np.testing.assert_allclose(compiled.run_numpy(*[t.numpy() for t in x])[0], eager(gm, x)[0], atol=1e-5)
+    assert any(n.startswith("1 long convolution (fft_conv, s4d) computed directly") for n in compiled.info.notes)
 
 
 MASKED = """

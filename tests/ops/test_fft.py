@@ -10,7 +10,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from nasforge.errors import ShapeError
 from nasforge.ops import get_op
-from nasforge.ops.fft import FFTConv, causal_fft_conv
+from nasforge.ops.fft import FFTConv, causal_direct_conv, causal_fft_conv, computed_directly, direct_note
 from nasforge.ops.registry import OpContext
 from nasforge.types import Sym, TensorType
 
@@ -43,6 +43,47 @@ def test_fft_conv_is_the_causal_convolution(u_shape, k_len):
     u = torch.randn(u_shape, generator=gen, dtype=torch.float64)
     k = torch.randn(u_shape[-2], k_len, generator=gen, dtype=torch.float64)
     torch.testing.assert_close(causal_fft_conv(u, k), direct_causal_conv(u, k), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("u_shape, k_len", [((2, 3, 16), 16), ((2, 3, 17), 5), ((2, 4, 3, 9), 9), ((1, 1, 1), 1)])
+def test_the_direct_form_for_backends_without_fft_is_the_same_convolution(u_shape, k_len):
+    gen = torch.Generator().manual_seed(2)
+    u = torch.randn(u_shape, generator=gen, dtype=torch.float64)
+    k = torch.randn(u_shape[-2], k_len, generator=gen, dtype=torch.float64)
+    torch.testing.assert_close(causal_direct_conv(u, k), direct_causal_conv(u, k), rtol=1e-10, atol=1e-10)
+
+
+def test_computed_directly_exports_no_fft_and_leaves_the_module_alone():
+    """The exported graph has a convolution where the module has an FFT (for TVM and ONNX, which import
+    none), for the dtypes asked; outside the block the module computes by FFT."""
+    s4d = get_op("s4d").lower(OpContext(get_op("s4d").validate_attrs({"d_state": 4}), [t(2, 3, 8)]))
+    recurrent = get_op("s4d").lower(OpContext(get_op("s4d").validate_attrs({"d_state": 4, "mode": "recurrent"}),
+                                              [t(2, 3, 8)]))
+    model = torch.nn.ModuleDict({"fft": FFTConv(3, skip=True), "s4d": s4d, "scan": recurrent})
+    assert direct_note(model, "X") == ("2 long convolutions (fft_conv, s4d) computed directly, O(L x kernel length) "
+                                       "per channel instead of by FFT: X has no FFT")
+    assert direct_note(torch.nn.Linear(2, 2), "X") is None
+
+    class Net(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = model
+
+        def forward(self, u, k):
+            return self.inner["s4d"](self.inner["fft"](u, k))
+
+    def calls(program) -> set[str]:
+        return {str(n.target) for n in program.graph.nodes if n.op == "call_function"}
+
+    net, u, k = Net().eval(), torch.randn(2, 3, 8), torch.randn(3, 8)
+    with computed_directly():
+        program = torch.export.export(net, (u, k))
+    assert not any("fft" in name for name in calls(program)) and "aten.conv1d.default" in calls(program)
+    with torch.no_grad():
+        torch.testing.assert_close(program.module()(u, k), net(u, k), rtol=1e-5, atol=1e-5)
+    assert any("fft" in name for name in calls(torch.export.export(net, (u, k))))  # outside: FFTs again
+    with computed_directly((torch.float64,)):  # only the dtypes asked for
+        assert any("fft" in name for name in calls(torch.export.export(net, (u, k))))
 
 
 def test_fft_conv_is_causal_and_float32_accurate():
@@ -103,5 +144,24 @@ def test_exports_with_a_dynamic_batch():
         torch.testing.assert_close(program.module()(other, k), module(other, k))
 
 
-def test_declares_the_tvm_limit():
-    assert "fft" in get_op("fft_conv").backend_limits["tvm"]
+def test_no_backend_limit_is_declared_since_every_backend_runs_it_directly_or_by_fft():
+    assert get_op("fft_conv").backend_limits == {}
+
+
+def test_a_constant_folded_s4d_still_exports_without_fft():
+    """Constant folding traces s4d into a GraphModule (its kernel becomes a buffer); the convolution stays one
+    call, decided when it runs, so the export for a backend without an FFT still has none."""
+    import nasforge
+    from nasforge.compiler.passes import optimize
+
+    spec = nasforge.loads("name: tiny_s4d\ninputs: {x: [B, 3, 8]}\ngraph:\n  - {id: ssm, op: s4d, d_state: 4}\n")
+    gm = optimize(spec.build().eval())
+    assert isinstance(gm.get_submodule("ssm"), torch.fx.GraphModule)
+    assert direct_note(gm, "X").startswith("1 long convolution ")
+    x = torch.randn(2, 3, 8)
+    with computed_directly():
+        program = torch.export.export(gm, (x,))
+    called = {str(n.target) for n in program.graph.nodes if n.op == "call_function"}
+    assert not any("fft" in name for name in called) and "aten.conv1d.default" in called
+    with torch.no_grad():
+        torch.testing.assert_close(program.module()(x), gm(x), rtol=1e-5, atol=1e-5)

@@ -357,6 +357,6 @@ def test_hyena_filter_attribute_errors(attrs, message):
     assert message in f"{info.value.message} / {info.value.expected}"
 
 
-def test_backend_limits_name_the_fft():
-    assert "fft" in get_op("s4d").backend_limits["tvm"]
+def test_no_backend_limits():  # s4d's FFT is exported as a direct convolution where a backend has none
+    assert get_op("s4d").backend_limits == {}
     assert get_op("selective_scan").backend_limits == {}
