@@ -66,12 +66,16 @@ def lift_layouts(mod: Any, first: str) -> tuple[Any, list[str]]:
     layout (untuned, or every kernel plain) the module is returned as it is, with no second function.
     """
     import tvm
-    from tvm import relax
+    from tvm import relax, tirx
 
     names = {gv.name_hint for gv in mod.get_global_vars()}
+    unchanged = (mod, [first] if first in names else [])
+    if not any(isinstance(f, tirx.PrimFunc) and f.attrs is not None and LAYOUT_FREE in f.attrs
+               for _, f in mod.functions_items()):
+        return unchanged  # no kernel was free to change a layout (and the pass fails on some plain modules)
     split = relax.transform.SplitLayoutRewritePreproc()(mod)
     if len(split.get_global_vars()) == len(names):  # each rewriting kernel splits in two: none did
-        return mod, [first] if first in names else []
+        return unchanged
     stash = f"{first}_stage1"
     if first in names:
         split = _rename(split, first, stash)
@@ -90,24 +94,25 @@ def lift_layouts(mod: Any, first: str) -> tuple[Any, list[str]]:
 
 
 def choose(lower: Callable[[bool], Any], target: Any, database: Any, tuning: bool, work: Path
-           ) -> tuple[bool, dict[bool, Any], str]:
+           ) -> tuple[bool, dict[bool, Any], str, Any | None]:
     """The form a network is tuned in, when the user did not say: the form whose tasks the tuning database
     knows more of; if it knows as many of each, the one whose known tasks add up to less time (best measured
     time x calls); if it knows none (or there is no database), prepacked when tuning now and plain otherwise
     (untuned, both forms are the same code). :func:`per_kernel` then settles each kernel on its own.
 
     ``lower(prepack)`` lowers the network one way or the other. Returns the choice, the network lowered each
-    way (plain only where there is nothing to ask) and the reason in words.
+    way (plain only where there is nothing to ask), the reason in words, and the database snapshot it read
+    (None without a database; reading one parses every record, so a compile that tunes nothing reuses it).
     """
     from nasforge.backends.tvm_tuning import best_ms, extract_tasks
 
     if not database.exists() and not tuning:  # nothing to ask: skip lowering the network twice
-        return False, {False: lower(False)}, "prepack off: no tuning database for this target yet"
+        return False, {False: lower(False)}, "prepack off: no tuning database for this target yet", None
     forms = {flag: lower(flag) for flag in (False, True)}
     tasks = {flag: extract_tasks(mod, target) for flag, mod in forms.items()}
     known = {flag: [0, 0.0] for flag in forms}  # tasks with a record, their milliseconds per network call
-    if database.exists():
-        snapshot = database.snapshot(work)
+    snapshot = database.snapshot(work) if database.exists() else None
+    if snapshot is not None:
         for flag, found in tasks.items():
             for task in found:
                 ms = best_ms(snapshot, task.dispatched[0])
@@ -123,7 +128,7 @@ def choose(lower: Callable[[bool], Any], target: Any, database: Any, tuning: boo
     why = (f"prepack {'on' if prepack else 'off'}: the tuning database knows {known[True][0]} of {len(tasks[True])} "
            f"tasks prepacked ({known[True][1]:.1f} ms) and {known[False][0]} of {len(tasks[False])} plain "
            f"({known[False][1]:.1f} ms)")
-    return prepack, forms, why
+    return prepack, forms, why, snapshot
 
 
 def per_kernel(marked: Any, database: Any, prepack: bool) -> tuple[Any, str | None]:

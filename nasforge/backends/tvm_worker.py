@@ -265,11 +265,11 @@ def _compile(request: dict[str, Any], modules: list[Any], stage: _Stage) -> dict
         database = tvm_tuning.TuningDatabase(tvm_tuning.database_dir(profile, request.get("db_root"), arch))
         started = time.monotonic()
         stage("lower")
-        prepack, forms = request.get("prepack"), {}
+        prepack, forms, known = request.get("prepack"), {}, None
         if prepack is None:  # the database decides: the form to tune in now, each kernel's form below
-            prepack, forms, why = tvm_prepack.choose(lambda flag: lower(mod, target, {**request, "prepack": flag}),
-                                                     target, database, bool(request.get("tune")),
-                                                     Path(request["work"]) / f"choose-{arch or 'cpu'}")
+            prepack, forms, why, known = tvm_prepack.choose(
+                lambda flag: lower(mod, target, {**request, "prepack": flag}), target, database,
+                bool(request.get("tune")), Path(request["work"]) / f"choose-{arch or 'cpu'}")
             lowered = forms[prepack]
             _note(result, why)
         else:
@@ -284,7 +284,8 @@ def _compile(request: dict[str, Any], modules: list[Any], stage: _Stage) -> dict
         if request["mode"] == "tune":
             return result
         stage("apply")
-        known = database.snapshot(Path(request["work"]) / f"apply-{arch or 'cpu'}") if database.exists() else None
+        if known is None or request.get("tune"):  # tuning added records: read the database again
+            known = database.snapshot(Path(request["work"]) / f"apply-{arch or 'cpu'}") if database.exists() else None
         if True in forms and known is not None:
             lowered, mixed = tvm_prepack.per_kernel(forms[True], known, prepack)
             _note(result, mixed)

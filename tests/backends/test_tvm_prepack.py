@@ -111,9 +111,9 @@ def test_tuning_prepacks_then_each_kernel_takes_the_form_the_database_measured_f
         plain_ms = tvm_tuning.best_ms(both, workload(marked[name].without_attr(LAYOUT_FREE)))
         assert plain_ms is not None
         assert (name in layout_free(mixed)) == (packed_ms is not None and packed_ms <= plain_ms)
-    assert note == (f"kernel by kernel: {len(layout_free(mixed))} of {len(tuned_names(tuned) | tuned_plain)} tuned "
-                    f"kernels read prepacked weights and {len(tuned_names(tuned) | tuned_plain) - len(layout_free(mixed))}"
-                    " plain, each the form the tuning database measured faster")
+    known, packed = len(tuned_names(tuned) | tuned_plain), len(layout_free(mixed))
+    assert note == (f"kernel by kernel: {packed} of {known} tuned kernels read prepacked weights and "
+                    f"{known - packed} plain, each the form the tuning database measured faster")
 
     chosen_per_kernel = TVMBackend().compile(gm, x, "x86", options)
     assert note in chosen_per_kernel.info.notes
