@@ -7,6 +7,10 @@ batch 1 against the persistent tuning database (tuned schedules where it has the
 ConvNeXt-T here), and its outputs are held to eager's within 1e-4 of each output's largest magnitude.
 
     TVM_NUM_THREADS=2 python benchmarks/tvm_agreement.py          # writes benchmarks/results/tvm_agreement.json
+    TVM_NUM_THREADS=2 python benchmarks/tvm_agreement.py --large  # the families with no member under 30M
+                                                                  # (their smallest member; tvm_agreement_large.json)
+    TVM_NUM_THREADS=2 python benchmarks/tvm_agreement.py --only hyena s4d   # re-check some families in the file
+    TVM_NUM_THREADS=2 python benchmarks/tvm_agreement.py --large --resume   # go on where a run stopped
 
 A check with a results file rather than a test: about 50 compiles take longer than the test suite's budget;
 the tests compile representatives (tests/backends/test_tvm.py) and every op (the coverage matrix).
@@ -14,6 +18,7 @@ the tests compile representatives (tests/backends/test_tvm.py) and every op (the
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import time
@@ -29,16 +34,28 @@ import nasforge  # noqa: E402
 from nasforge.backends.tvm import TVMBackend  # noqa: E402
 from nasforge.compiler.fx_builder import example_inputs  # noqa: E402
 from nasforge.compiler.passes import optimize  # noqa: E402
+from nasforge.dsl.document import load_document  # noqa: E402
+from nasforge.dsl.variants import variants  # noqa: E402
 from tests.compiler.test_passes import MODELS, _flat, library_member, randomized, run  # noqa: E402
 
 RTOL = 1e-4
 
 
-def check(path: Path) -> dict[str, Any]:
-    """One library family: its member, tasks from the database, max error relative to the output scale."""
+def smallest_member(path: Path) -> str | None:
+    """The family's member with the fewest parameters (None: the defaults)."""
+    members = [None, *variants(load_document(path))]
+    return min(members, key=lambda m: nasforge.load(path, variant=m).check().totals.params)
+
+
+def check(path: Path, large: bool = False) -> dict[str, Any]:
+    """One library family: its member, tasks from the database, max error relative to the output scale.
+    ``large``: only the families with no member under 30M parameters, each by its smallest member."""
     variant = library_member(path)
-    if variant is False:
-        return {"spec": path.stem, "skipped": "every member has 30M parameters or more"}
+    if (variant is False) != large:
+        return {"spec": path.stem, "skipped": "every member has 30M parameters or more" if not large
+                else "checked in the default run (a member under 30M parameters)"}
+    if large:
+        variant = smallest_member(path)
     spec = nasforge.load(path, variant=variant)
     gm = randomized(spec).eval()
     inputs = example_inputs(spec.graph, batch=1)
@@ -54,20 +71,48 @@ def check(path: Path) -> dict[str, Any]:
             "seconds": round(time.perf_counter() - started, 1)}
 
 
-def main() -> int:
+def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The results file: the tolerance, how many families were checked and agree, and every row."""
+    checked = [r for r in rows if "skipped" not in r]
+    return {"rtol": RTOL, "checked": len(checked), "agree": sum(bool(r.get("agrees")) for r in checked),
+            "skipped": [r["spec"] for r in rows if "skipped" in r], "rows": rows}
+
+
+def write(out: Path, result: dict[str, Any]) -> None:
+    """Replace the results file whole (an interrupted run never leaves half of one)."""
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, indent=1))
+    tmp.replace(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--large", action="store_true", help="the families with no member under 30M parameters")
+    parser.add_argument("--only", nargs="+", metavar="FAMILY",
+                        help="re-check these families and keep the file's other rows")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the file's finished rows and check only the families it lacks (the file is "
+                             "rewritten after every family, so an interrupted run loses one family at most)")
+    args = parser.parse_args(argv)
+    large = args.large
+    out = ROOT / "benchmarks" / "results" / ("tvm_agreement_large.json" if large else "tvm_agreement.json")
+    kept = {r["spec"]: r for r in json.loads(out.read_text())["rows"]} \
+        if (args.only or args.resume) and out.exists() else {}
     torch.set_num_threads(2)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for path in MODELS:
+        if (args.only and path.stem not in args.only) or (args.resume and path.stem in kept):
+            if path.stem in kept:
+                rows.append(kept[path.stem])
+            continue
         print(f"[{time.strftime('%H:%M:%S')}] {path.stem}", file=sys.stderr, flush=True)
         try:
-            rows.append(check(path))
+            rows.append(check(path, large))
         except Exception as err:  # a family that fails is a row, not the end of the run
             rows.append({"spec": path.stem, "error": f"{type(err).__name__}: {err}"[:600], "agrees": False})
-    checked = [r for r in rows if "skipped" not in r]
-    result = {"rtol": RTOL, "checked": len(checked), "agree": sum(bool(r.get("agrees")) for r in checked),
-              "skipped": [r["spec"] for r in rows if "skipped" in r], "rows": rows}
-    out = ROOT / "benchmarks" / "results" / "tvm_agreement.json"
-    out.write_text(json.dumps(result, indent=1))
+        write(out, summary(rows + [r for name, r in kept.items() if name not in {row["spec"] for row in rows}]))
+    result = summary(rows)
+    write(out, result)
     print(json.dumps({k: v for k, v in result.items() if k != "rows"}))
     for r in rows:
         if not r.get("agrees") and "skipped" not in r:
