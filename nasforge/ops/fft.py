@@ -116,10 +116,12 @@ class FFTConv(nn.Module):
     """:func:`causal_fft_conv` of ``u [..., C, L]`` with ``k [C, Lk]``, plus ``u * D`` with ``skip``
     (S4's and Hyena's ``D`` term, a learned per-channel skip connection; safari names it the filter's bias)."""
 
+    long_conv = True
+    """A long convolution (:data:`LONG_CONV`)."""
+
     def __init__(self, channels: int, skip: bool = False) -> None:
         super().__init__()
         self.D = nn.Parameter(torch.randn(channels)) if skip else None
-        self.long_conv = True
 
     def forward(self, u: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         y = causal_conv(u, k)

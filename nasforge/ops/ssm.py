@@ -114,9 +114,13 @@ class S4D(nn.Module):
                  dt_max: float = 0.1, init: str = "lin") -> None:
         super().__init__()
         self.mode = mode
-        self.long_conv = mode == "conv"  # the recurrent mode has no long convolution
         self.D = nn.Parameter(torch.randn(channels))
         self.kernel = S4DKernel(channels, d_state, dt_min, dt_max, init)
+
+    @property
+    def long_conv(self) -> bool:
+        """Whether this layer convolves by FFT (``conv``); the recurrent mode has no long convolution."""
+        return self.mode == "conv"
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
         if self.mode == "conv":
