@@ -78,6 +78,11 @@ def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
             "skipped": [r["spec"] for r in rows if "skipped" in r], "rows": rows}
 
 
+def in_order(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows of the checked families in the library's order."""
+    return [results[path.stem] for path in MODELS if path.stem in results]
+
+
 def write(out: Path, result: dict[str, Any]) -> None:
     """Replace the results file whole (an interrupted run never leaves half of one)."""
     tmp = out.with_suffix(".tmp")
@@ -94,23 +99,25 @@ def main(argv: list[str] | None = None) -> int:
                         help="keep the file's finished rows and check only the families it lacks (the file is "
                              "rewritten after every family, so an interrupted run loses one family at most)")
     args = parser.parse_args(argv)
+    unknown = sorted(set(args.only or ()) - {path.stem for path in MODELS})
+    if unknown:
+        parser.error(f"no such model family: {', '.join(unknown)} (families: specs/models/*.yaml)")
     large = args.large
     out = ROOT / "benchmarks" / "results" / ("tvm_agreement_large.json" if large else "tvm_agreement.json")
-    kept = {r["spec"]: r for r in json.loads(out.read_text())["rows"]} \
+    # family -> row; --only and --resume start from the file's rows and replace those they check
+    results = {r["spec"]: r for r in json.loads(out.read_text())["rows"]} \
         if (args.only or args.resume) and out.exists() else {}
     torch.set_num_threads(2)
-    rows: list[dict[str, Any]] = []
     for path in MODELS:
-        if (args.only and path.stem not in args.only) or (args.resume and path.stem in kept):
-            if path.stem in kept:
-                rows.append(kept[path.stem])
+        if (args.only and path.stem not in args.only) or (args.resume and path.stem in results):
             continue
         print(f"[{time.strftime('%H:%M:%S')}] {path.stem}", file=sys.stderr, flush=True)
         try:
-            rows.append(check(path, large))
+            results[path.stem] = check(path, large)
         except Exception as err:  # a family that fails is a row, not the end of the run
-            rows.append({"spec": path.stem, "error": f"{type(err).__name__}: {err}"[:600], "agrees": False})
-        write(out, summary(rows + [r for name, r in kept.items() if name not in {row["spec"] for row in rows}]))
+            results[path.stem] = {"spec": path.stem, "error": f"{type(err).__name__}: {err}"[:600], "agrees": False}
+        write(out, summary(in_order(results)))
+    rows = in_order(results)
     result = summary(rows)
     write(out, result)
     print(json.dumps({k: v for k, v in result.items() if k != "rows"}))
