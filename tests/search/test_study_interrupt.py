@@ -27,8 +27,10 @@ graph:
   - {id: head, op: linear, out: 10}
 """
 BUDGET = 4
-# long enough (about a second of training per candidate here) that the signal lands inside a training run
-EPOCHS = "40"
+# long enough (about two seconds of training per candidate here, against a poll of well under a tenth of a
+# second) that the signal lands inside a training run; at 40 epochs a candidate trained in a quarter of a
+# second and a CI run once saw the search finish before the poll caught its third trial training
+EPOCHS = "400"
 
 
 def search(tmp_path: Path) -> subprocess.Popen:
