@@ -58,6 +58,45 @@ def _rename(mod: Any, old: str, new: str) -> Any:
     return tvm.IRModule(functions, attrs=mod.attrs)
 
 
+PREPROC_BLOCK = "meta_schedule.layout_rewrite_preproc"
+"""The block annotation ``RewriteLayout`` leaves where an applied schedule changes a weight's layout."""
+
+
+def _rewrites_layout(func: Any) -> bool:
+    """Whether a kernel's applied schedule changes the layout of a weight (it holds a preproc block). Read
+    from the printed function: TVM 0.27 has no Python visitor over TIR statements."""
+    return PREPROC_BLOCK in func.script()
+
+
+def _stub(func: Any) -> Any:
+    """A kernel with ``func``'s signature and one empty block: what ``SplitLayoutRewritePreproc`` sees in
+    place of a kernel it has nothing to split in (it stops TVM with an InternalError on a kernel with no
+    block at all, e.g. MoE's top-k and scatter, built without blocks)."""
+    from tvm import s_tir, tirx
+
+    empty = s_tir.SBlockRealize([], True, s_tir.SBlock([], [], [], "stub", tirx.Evaluate(0)))
+    root = s_tir.SBlockRealize([], True, s_tir.SBlock([], [], [], "root", empty))
+    return func.with_body(root)
+
+
+def _split_layout_changes(mod: Any, rewriting: set[str]) -> Any:
+    """``SplitLayoutRewritePreproc`` on the kernels named in ``rewriting`` only: each other kernel is a
+    :func:`_stub` while the pass runs and itself again after."""
+    from tvm import relax, tirx
+
+    kept = {gv.name_hint: func for gv, func in mod.functions_items()
+            if isinstance(func, tirx.PrimFunc) and gv.name_hint not in rewriting}
+    shown = mod.clone()
+    for gv, func in mod.functions_items():
+        if gv.name_hint in kept:
+            shown.update_func(gv, _stub(func))
+    split = relax.transform.SplitLayoutRewritePreproc()(shown)
+    for gv in split.get_global_vars():
+        if gv.name_hint in kept:
+            split.update_func(gv, kept[gv.name_hint])
+    return split
+
+
 def lift_layouts(mod: Any, first: str) -> tuple[Any, list[str]]:
     """Split the layout changes out of the tuned kernels of ``mod`` and lift them into :data:`PREPACK_PARAMS`.
 
@@ -70,12 +109,11 @@ def lift_layouts(mod: Any, first: str) -> tuple[Any, list[str]]:
 
     names = {gv.name_hint for gv in mod.get_global_vars()}
     unchanged = (mod, [first] if first in names else [])
-    if not any(isinstance(f, tirx.PrimFunc) and f.attrs is not None and LAYOUT_FREE in f.attrs
-               for _, f in mod.functions_items()):
-        return unchanged  # no kernel was free to change a layout (and the pass fails on some plain modules)
-    split = relax.transform.SplitLayoutRewritePreproc()(mod)
-    if len(split.get_global_vars()) == len(names):  # each rewriting kernel splits in two: none did
+    rewriting = {gv.name_hint for gv, f in mod.functions_items() if isinstance(f, tirx.PrimFunc)
+                 and f.attrs is not None and LAYOUT_FREE in f.attrs and _rewrites_layout(f)}
+    if not rewriting:
         return unchanged
+    split = _split_layout_changes(mod, rewriting)
     stash = f"{first}_stage1"
     if first in names:
         split = _rename(split, first, stash)

@@ -118,3 +118,24 @@ def test_tuning_prepacks_then_each_kernel_takes_the_form_the_database_measured_f
     chosen_per_kernel = TVMBackend().compile(gm, x, "x86", options)
     assert note in chosen_per_kernel.info.notes
     agrees(chosen_per_kernel)
+
+
+MOE = """
+name: moe_net
+inputs: {x: [B, 4, 16]}
+graph:
+  - {id: fc, op: linear, out: 64}
+  - {id: moe, op: moe, experts: 4, hidden: 32, k: 2}
+"""
+"""Its routing kernels (top-k, scatter) are built without blocks, which TVM's layout-change splitter cannot read."""
+
+
+@pytest.mark.slow
+def test_a_prepacked_kernel_beside_kernels_without_blocks_lifts_its_layout_change(tmp_path) -> None:
+    spec, gm = spec_and_module(MOE)
+    x = inputs_for(spec, batch=1)
+    options = {"tuning_db": str(tmp_path), "prepack": True, "tune_trials": 2, "trials_per_task": 2}
+    compiled = TVMBackend().compile(gm, x, "x86", options)  # the hottest kernel, an expert's matmul, is tuned
+    assert compiled.info.tuning["tasks_tuned"] == 1
+    assert compiled.files["transform_params"] == ["main_transform_params", PREPACK_PARAMS]
+    np.testing.assert_allclose(compiled.run_numpy(x[0].numpy())[0], gm(*x).detach().numpy(), atol=1e-4)
