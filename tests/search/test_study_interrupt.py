@@ -39,7 +39,14 @@ def search(tmp_path: Path) -> subprocess.Popen:
                "--objective", "accuracy", "--strategy", "random", "--budget", str(BUDGET),
                "--storage", "sqlite:///studies.db", "--study", "stopped"]
     return subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}, preexec_fn=sigint_default)
+
+
+def sigint_default() -> None:
+    """In the child before it starts Python: Ctrl-C's default action. A process started in the background
+    of a non-interactive shell (``nohup pytest &``) ignores SIGINT, its children inherit that, and Python
+    then installs no KeyboardInterrupt handler: the search would rightly ignore the test's Ctrl-C."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def trials(tmp_path: Path) -> list[optuna.trial.FrozenTrial]:
