@@ -83,9 +83,13 @@ def work(search: Search, on_trial: OnTrial | None = None, poll_s: float = POLL_S
         with warnings.catch_warnings():  # "heartbeat ... with Study.optimize": this loop runs it, as optimize does
             warnings.filterwarnings("ignore", "Heartbeat of storage", UserWarning)
             trial = study.ask()
-        if search.worker:
-            trial.set_user_attr("worker", search.worker)
-        values, error = evaluate(search, study, trial, delay)
+        try:
+            if search.worker:
+                trial.set_user_attr("worker", search.worker)
+            values, error = evaluate(search, study, trial, delay)
+        except optuna.exceptions.UpdateFinishedTrialError:  # a write of the evaluation found the trial ended
+            dropped(trial)
+            continue
         frozen = finish(study, lock, trial, values, error, search.budget)
         if frozen is not None and frozen.state == TrialState.COMPLETE:
             known += 1
@@ -119,6 +123,8 @@ def evaluate(search: Search, study: optuna.Study, trial: optuna.Trial,
             values = search.objective(trial)
             time.sleep(delay)  # after the decisions, before the result: where a fault drill kills a worker
             return values, None
+        except optuna.exceptions.UpdateFinishedTrialError:  # a RuntimeError, but no fault of the candidate's
+            raise  # another worker ended the trial: nothing to record here (work drops it)
         except EVALUATION_ERRORS as err:
             return None, err
         except BaseException:
@@ -146,10 +152,17 @@ def finish(study: optuna.Study, lock: StudyLock, trial: optuna.Trial, values: li
     except optuna.exceptions.UpdateFinishedTrialError:
         frozen = None
     if frozen is None or frozen.state == TrialState.FAIL:
-        _log.warning("trial %d was ended by another worker (its heartbeat looked stale) and retried; this result "
-                     "is dropped", trial.number)
+        dropped(trial)
         return None
     return frozen
+
+
+def dropped(trial: optuna.Trial) -> None:
+    """Say that another worker ended this process's trial and it goes on without it: the heartbeat looked
+    stale to the other worker (the database was away longer than the grace period, or this process stalled),
+    so the trial was failed and its decisions queued again, and whatever this process measured is dropped."""
+    _log.warning("trial %d was ended by another worker (its heartbeat looked stale) and retried; this result "
+                 "is dropped", trial.number)
 
 
 def record_failure(study: optuna.Study, trial: optuna.Trial, message: str) -> FrozenTrial | None:

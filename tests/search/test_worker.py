@@ -19,6 +19,7 @@ from sqlalchemy.exc import OperationalError
 
 from nasforge.errors import SpecError
 from nasforge.search.storage import StudyLock, open_storage, redact, redact_text, with_retries
+from nasforge.search import study as study_module
 from nasforge.search.study import Search, space_hash
 from nasforge.search.worker import finish, join, work
 from tests.search.test_study import run_cli
@@ -203,3 +204,28 @@ def test_a_trial_whose_worker_died_before_its_first_heartbeat_is_retried(tmp_pat
     retries = [t for t in trials if t.system_attrs.get("failed_trial") == orphan.number]
     assert len(retries) == 1 and retries[0].state == COMPLETE
     assert retries[0].params["fc0.out"] == orphan.params["fc0.out"]
+
+
+@pytest.mark.parametrize("moment", ["worker", "graph_hash"])
+def test_a_trial_ended_by_another_worker_is_dropped_and_the_worker_goes_on(tmp_path, caplog, monkeypatch, moment):
+    """The database was away longer than the grace period: another worker failed this worker's trial as
+    stale (or as never having had a heartbeat), and this worker's next write, of its name or of the
+    network it evaluates, finds the trial ended."""
+    url = sqlite_url(tmp_path)
+    create_study(tmp_path, url, "s", budget=3)
+    other = optuna.load_study(study_name="s", storage=url)._storage  # noqa: SLF001 (another worker's handle)
+    write_one, write_many, ended = optuna.Trial.set_user_attr, study_module.set_user_attrs, []
+
+    def end_elsewhere_before(trial: optuna.Trial, keys: object) -> None:
+        if moment in keys and not ended:
+            other.set_trial_state_values(trial._trial_id, state=optuna.trial.TrialState.FAIL)  # noqa: SLF001
+            ended.append(trial.number)
+
+    monkeypatch.setattr(optuna.Trial, "set_user_attr",
+                        lambda trial, key, value: (end_elsewhere_before(trial, [key]), write_one(trial, key, value)))
+    monkeypatch.setattr(study_module, "set_user_attrs",
+                        lambda trial, attrs: (end_elsewhere_before(trial, attrs), write_many(trial, attrs)))
+    study = work(join(url, "s", "w0"))
+    check_exact_budget(study, 3)
+    assert study.get_trials(deepcopy=False)[ended[0]].state == optuna.trial.TrialState.FAIL
+    assert f"trial {ended[0]} was ended by another worker" in caplog.text
