@@ -180,13 +180,15 @@ def test_built_module_counts_agree_with_analysis(path: Path, variant: str | None
 
 @pytest.mark.parametrize("path,variant", BUILD_CASES)
 def test_exports_with_dynamic_batch(path: Path, variant: str | None):
-    """Full-size torch.export of every model with a dynamic batch, checked against the module."""
+    """Full-size torch.export of every model with a dynamic batch, traced at batch 2 and checked against the
+    module at batch 1: another batch than the traced one, and the size a program wrongly specialized on its
+    example (a broadcast, a squeeze) most often gets wrong; the smallest, too (batch 3 took Mamba-130m 72 s)."""
     spec = nasforge.load(path, variant=variant)
     gm = spec.build()
     inputs = example_inputs(spec.graph, batch=2)
     dynamic = tuple({0: Dim("batch", min=1, max=64)} for _ in inputs)
     program = torch.export.export(gm, inputs, dynamic_shapes=dynamic)
-    other = example_inputs(spec.graph, batch=3, seed=1)
+    other = example_inputs(spec.graph, batch=1, seed=1)
     with torch.no_grad():
         torch.testing.assert_close(program.module()(*other), gm(*other))
 
