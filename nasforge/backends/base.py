@@ -210,6 +210,9 @@ class Backend(ABC):
 
     name: str = ""
     description: str = ""
+    compiles_in_child: bool = False
+    """Whether the heavy part of a compile runs in a child process, waited for under
+    :meth:`nasforge.backends.turns.Turns.waiting`: such compiles overlap when threads run them."""
 
     @abstractmethod
     def availability(self, target: str) -> tuple[bool, str]:

@@ -295,7 +295,11 @@ def retry_groups(group: list[Case], culprit: Case | None, suspected: list[Case] 
 
 def run_backend(backend: str, cases: Sequence[Case], target: str = "x86", chunk: int = 32,
                 progress: Callable[[str], None] | None = None) -> BackendRun:
-    """Every case through ``backend`` for ``target``, ``chunk`` examples to a network (see :func:`chunks`)."""
+    """Every case through ``backend`` for ``target``, ``chunk`` examples to a network (see :func:`chunks`).
+
+    A backend that compiles in a child process (TVM) gets two groups at a time: one thread exports a group
+    while the other's child generates code (:mod:`nasforge.backends.turns`; all else takes turns).
+    """
     from nasforge import backends
     from nasforge.backends.targets import resolve
 
@@ -331,10 +335,34 @@ def run_backend(backend: str, cases: Sequence[Case], target: str = "x86", chunk:
             run.results.append(compare(case, flat[position:position + count]))
             position += count
 
-    for group in chunks(cases, chunk):
-        attempt(group)
+    if backends.get_backend(backend).compiles_in_child:
+        two_at_a_time(attempt, chunks(cases, chunk))
+    else:
+        for group in chunks(cases, chunk):
+            attempt(group)
+    run.results.sort(key=lambda r: (r.op, r.index))  # in the cases' order, however the groups interleaved
     run.seconds = time.perf_counter() - started
     return run
+
+
+def two_at_a_time(attempt: Callable[[list[Case]], None], groups: Sequence[list[Case]]) -> None:
+    """``attempt`` every group on two threads that take turns at all but waiting for compile children
+    (:data:`nasforge.backends.turns.PARENT`). A failure or Ctrl-C cancels the groups not started; those
+    under way finish their compile first."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from nasforge.backends.turns import PARENT
+
+    def take_turns(group: list[Case]) -> None:
+        with PARENT.turn():
+            attempt(group)
+
+    pool = ThreadPoolExecutor(2, thread_name_prefix="coverage")
+    try:
+        for future in [pool.submit(take_turns, group) for group in groups]:
+            future.result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def run_matrix(ops: Iterable[str] | None = None, backends: Sequence[str] = BACKENDS, target: str = "x86",

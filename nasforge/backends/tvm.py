@@ -135,6 +135,7 @@ class TVMModule(CompiledModule):
 
 class TVMBackend(Backend):
     name = "tvm"
+    compiles_in_child = True
     description = ("torch.export -> TVM Relax -> MetaSchedule-tuned library (persistent tuning database); "
                    "cross-compiles for every target profile")
     option_names = ("tune_trials", "tune_minutes", "tuning_db", "trials_per_task", "retune", "dynamic_batch",

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 from nasforge.backends.base import host_cores
+from nasforge.backends.turns import PARENT
 from nasforge.errors import SpecError
 
 STAGES = {
@@ -126,7 +127,8 @@ def run_worker(request: dict[str, Any], modules: Sequence[str], out_dir: Path | 
         command = [sys.executable, "-m", "nasforge.backends.tvm_worker", str(work / "request.json")]
         child = subprocess.Popen(command, env=worker_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
-            stdout, stderr = _wait(child, work)
+            with PARENT.waiting():  # another compiling thread may export meanwhile (nasforge.backends.turns)
+                stdout, stderr = _wait(child, work)
         except BaseException:  # Ctrl-C or an error in the listener: no orphaned tuner
             child.kill()
             child.wait()
