@@ -5,7 +5,7 @@ waits for its child, the parent's cores could export the next network. But ``tor
 patch global state and are not thread-safe. So a thread does all of its parent-side work holding
 :data:`PARENT` (:meth:`Turns.turn`) and lets go of it only while it waits for a child process
 (:meth:`Turns.waiting`): the parent stays single-threaded where it matters, and children overlap with it.
-The coverage matrix compiles its TVM column two groups at a time this way (146 s -> 73 s here).
+The coverage matrix compiles its TVM column two groups at a time this way (146 s -> 77 s here).
 """
 
 from __future__ import annotations

@@ -87,7 +87,7 @@ def work(search: Search, on_trial: OnTrial | None = None, poll_s: float = POLL_S
             if search.worker:
                 trial.set_user_attr("worker", search.worker)
             values, error = evaluate(search, study, trial, delay)
-        except optuna.exceptions.UpdateFinishedTrialError:  # a write of the evaluation found the trial ended
+        except optuna.exceptions.UpdateFinishedTrialError:  # a write found the trial ended by another worker
             dropped(trial)
             continue
         frozen = finish(study, lock, trial, values, error, search.budget)
