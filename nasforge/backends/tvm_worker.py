@@ -214,11 +214,13 @@ def lower(mod: Any, target: Any, request: dict[str, Any]) -> Any:
     from tvm import relax
 
     from nasforge.backends.tvm_fastmath import fast_gelu_pass
+    from nasforge.backends.tvm_group_norm import two_pass_group_norm_pass
     from nasforge.backends.tvm_prepack import mark_layout_free
     from nasforge.backends.tvm_winograd import winograd_pass
 
     with target:
-        return tvm.transform.Sequential([fast_gelu_pass(), *([winograd_pass()] if request.get("winograd") else []),
+        return tvm.transform.Sequential([fast_gelu_pass(), two_pass_group_norm_pass(),
+                                         *([winograd_pass()] if request.get("winograd") else []),
                                          relax.transform.DecomposeOpsForInference(),
                                          relax.transform.CanonicalizeBindings(),
                                          relax.transform.LiftTransformParams(),
